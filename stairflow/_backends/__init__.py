@@ -1,0 +1,1 @@
+"""Backends: how llm nodes talk to models. One protocol (`Backend`), several peers."""

@@ -1,0 +1,166 @@
+"""The simulated backend: deterministic placeholder text, timings from a timing model.
+
+For exact, fast, reproducible tests and what-if studies; everything it produces is labelled
+simulated. A request's timing: its first token arrives ``latency_s + prompt_tokens /
+prefill_tps`` after it is sent, and token ``k`` (from 0) ``k / decode_tps`` after the first. The
+text depends only on the seed, the node and the position in the node's answer, never on the
+prompt, so a node writes the same answer whatever its inputs (what the plumbing-equivalence
+property relies on); the answer ends ("stop") after ``output_tokens`` tokens.
+Prompt tokens are counted as whitespace-separated words plus 3 per message.
+
+Under ``trio.testing.MockClock(autojump_threshold=0)`` all of this runs in virtual time:
+minutes of simulated model time take milliseconds, with exact timestamps.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, fields, replace
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .._prompts import Message
+from .base import Request, Usage
+
+if TYPE_CHECKING:
+    from .._graph import FrozenGraph
+
+__all__ = ["SimBackend", "SimTiming", "count_tokens", "sim_tokens"]
+
+MESSAGE_OVERHEAD = 3
+
+_WORDS = (
+    "the light of a clear sky is scattered by air so that blue waves reach us from every "
+    "direction while red ones pass straight through which is why sunsets glow and noon looks "
+    "pale this answer is simulated text from a timing model not a real model so its words "
+    "carry no meaning but its tokens and timings follow the graph exactly each agent writes "
+    "at its own pace and the staircase lets the next one start early"
+).split()
+
+
+@dataclass(frozen=True)
+class SimTiming:
+    """Timing model of one simulated model endpoint."""
+
+    latency_s: float = 0.05  # request overhead before prefill
+    prefill_tps: float = 5000.0  # prompt tokens per second
+    decode_tps: float = 60.0  # output tokens per second, one stream
+    output_tokens: int = 256  # length of the answer the model wants to write
+    seed: int = 0
+
+    def merged(self, overrides: Mapping[str, float]) -> SimTiming:
+        known = {f.name for f in fields(self)}
+        values: dict[str, Any] = {k: v for k, v in overrides.items() if k in known}
+        for key in ("output_tokens", "seed"):
+            if key in values:
+                values[key] = int(values[key])
+        return replace(self, **values)
+
+    def first_token_s(self, prompt_tokens: int) -> float:
+        return self.latency_s + prompt_tokens / self.prefill_tps
+
+
+def count_tokens(messages: Iterable[Message], prefix: str = "") -> int:
+    """The simulated tokenizer: words plus a fixed overhead per message."""
+    msgs = list(messages)
+    words = sum(len(re.findall(r"\S+", m.content)) for m in msgs)
+    return words + len(re.findall(r"\S+", prefix)) + MESSAGE_OVERHEAD * len(msgs)
+
+
+@lru_cache(maxsize=4096)
+def _sequence(seed: int, node: str, n: int) -> tuple[str, ...]:
+    rng = random.Random(f"{seed}/{node}")
+    out: list[str] = []
+    until_stop = rng.randint(6, 14)
+    sentences = 0
+    for k in range(n):
+        word = rng.choice(_WORDS)
+        start = k == 0 or out[-1].endswith(".")
+        if start:
+            word = word.capitalize()
+        sep = "" if k == 0 else ("\n\n" if start and sentences % 4 == 0 else " ")
+        until_stop -= 1
+        if until_stop == 0 or k == n - 1:
+            word += "."
+            sentences += 1
+            until_stop = rng.randint(6, 14)
+        out.append(sep + word)
+    return tuple(out)
+
+
+def sim_tokens(seed: int, node: str, n: int) -> tuple[str, ...]:
+    """The first ``n`` tokens a simulated node writes (its whole answer when n = output_tokens)."""
+    return _sequence(seed, node, n)
+
+
+class _SimStream:
+    def __init__(self, backend: SimBackend, timing: SimTiming, request: Request) -> None:
+        self.usage = Usage(prompt_tokens=count_tokens(request.messages, request.prefix))
+        self.finish_reason: str | None = None
+        self._start = trio.current_time()
+        self._first = self._start + timing.first_token_s(self.usage.prompt_tokens)
+        self._decode = timing.decode_tps
+        left = max(0, timing.output_tokens - request.position)
+        self._n = min(request.max_tokens, left)
+        self._finish = "stop" if self._n == left else "length"
+        words = sim_tokens(timing.seed, request.node, timing.output_tokens)
+        self._words = words[request.position : request.position + self._n]
+        self._k = 0
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self
+
+    async def __anext__(self) -> str:
+        if self._k >= self._n:
+            if self._n == 0:
+                await trio.sleep_until(self._first)
+            self.finish_reason = self._finish
+            raise StopAsyncIteration
+        await trio.sleep_until(self._first + self._k / self._decode)
+        word = self._words[self._k]
+        self._k += 1
+        self.usage.completion_tokens = self._k
+        return word
+
+
+class SimBackend:
+    """Simulated model endpoint (see module docs). Timing per node: ``timing`` overridden by
+    the graph's ``[sim]`` table, overridden by the node's."""
+
+    name = "simulated"
+    simulated = True
+
+    def __init__(
+        self,
+        timing: SimTiming | None = None,
+        nodes: Mapping[str, Mapping[str, float]] | None = None,
+    ) -> None:
+        self.timing = timing or SimTiming()
+        self.nodes = dict(nodes or {})
+        self.active = 0  # requests open right now
+        self.opened = 0  # requests ever opened
+
+    @classmethod
+    def for_graph(cls, graph: FrozenGraph, timing: SimTiming | None = None) -> SimBackend:
+        base = (timing or SimTiming()).merged(graph.sim)
+        return cls(base, {n.name: n.sim for n in graph.llm_nodes()})
+
+    def timing_for(self, node: str) -> SimTiming:
+        return self.timing.merged(self.nodes.get(node, {}))
+
+    @asynccontextmanager
+    async def open_stream(self, request: Request) -> AsyncIterator[_SimStream]:
+        if not math.isfinite(request.max_tokens) or request.max_tokens < 0:
+            raise ValueError(f"max_tokens={request.max_tokens!r}")
+        self.active += 1
+        self.opened += 1
+        try:
+            yield _SimStream(self, self.timing_for(request.node), request)
+        finally:
+            self.active -= 1

@@ -1,0 +1,133 @@
+"""A node's inbox: what has arrived on each input, and whether the node may step. Sans-I/O.
+
+Theory of operation. Upstream producers `put` chunks into the consumer's inbox as they are cut.
+Chunks that arrive between two steps are *coalesced*: a step consumes everything that arrived
+since the previous one (an llm step re-prompts with all text received so far, so nothing is
+gained by stepping once per chunk, and coalescing means a node waiting on a slow input never
+forces a fast one to stall - no artificial deadlock in reconvergent graphs). The join policy
+decides when a step may start (`ready`); `consume` takes the step. A failed input whose node
+declared ``on_error = "drop"`` is *dropped*: its text leaves the inbox and the node goes on
+with the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from .._errors import InternalError
+from .._joins import Join
+
+__all__ = ["Inbox", "Step"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step's view of a node's inputs (what `fn` nodes receive, one per step)."""
+
+    index: int
+    new: Mapping[str, str]  # text that arrived since the previous step, per input
+    text: Mapping[str, str]  # all text received so far, per input (dropped inputs excluded)
+    chunks: Mapping[str, int]  # how many chunks each input delivered for this step
+    finished: frozenset[str]  # inputs whose stream has ended
+    dropped: frozenset[str]  # inputs that failed and were dropped
+    final: bool  # every input has ended: this is the last step
+    query: str = ""  # the user's message
+
+
+@dataclass
+class _Port:
+    name: str
+    received: str = ""  # consumed by earlier steps
+    pending: str = ""
+    pending_chunks: int = 0
+    ended: bool = False  # last chunk arrived (or dropped)
+    ended_pending: bool = False  # the end has not been seen by a step yet
+    dropped: bool = False
+    since: float | None = None  # arrival of the oldest pending chunk
+
+
+@dataclass
+class Inbox:
+    """Per-input state of one node and its join rule."""
+
+    inputs: Sequence[str]
+    join: Join
+    query: str = ""
+    steps_taken: int = 0
+    _ports: dict[str, _Port] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._ports = {name: _Port(name) for name in self.inputs}
+
+    def put(self, name: str, text: str, last: bool, now: float) -> None:
+        port = self._ports[name]
+        if port.ended:
+            raise InternalError(f"chunk on input '{name}' after its last chunk")
+        port.pending += text
+        port.pending_chunks += 1
+        port.since = now if port.since is None else port.since
+        if last:
+            port.ended = port.ended_pending = True
+
+    def drop(self, name: str, now: float) -> None:
+        """Input ``name`` failed and is dropped: forget its text, let the node go on."""
+        port = self._ports[name]
+        port.dropped = port.ended = port.ended_pending = True
+        port.received = port.pending = ""
+        port.since = now if port.since is None else port.since
+
+    def pending_chunks(self, name: str) -> int:
+        return self._ports[name].pending_chunks
+
+    def _is_pending(self, p: _Port) -> bool:
+        return p.pending_chunks > 0 or p.ended_pending
+
+    def _candidates(self) -> list[_Port]:
+        return [p for p in self._ports.values() if not p.ended or self._is_pending(p)]
+
+    def ready(self) -> bool:
+        """The join holds, or nothing more will ever arrive."""
+        cands = self._candidates()
+        pending = sum(1 for p in cands if self._is_pending(p))
+        return not cands or self.join.satisfied(pending, len(cands))
+
+    def wait_deadline(self, ready_since: float) -> float | None:
+        """When a straggler timeout lets the node proceed anyway (None: never)."""
+        if self.join.max_wait_s is None:
+            return None
+        times = [p.since for p in self._ports.values() if self._is_pending(p) and p.since is not None]
+        return max(ready_since, min(times)) + self.join.max_wait_s if times else None
+
+    @property
+    def all_dropped(self) -> bool:
+        return all(p.dropped for p in self._ports.values())
+
+    @property
+    def exhausted(self) -> bool:
+        """Every input has ended and every end has been consumed."""
+        return not self._candidates()
+
+    def consume(self) -> Step:
+        new: dict[str, str] = {}
+        chunks: dict[str, int] = {}
+        for p in self._ports.values():
+            if p.pending_chunks or p.ended_pending:
+                new[p.name], chunks[p.name] = p.pending, p.pending_chunks
+            p.received += p.pending
+            p.pending, p.pending_chunks, p.ended_pending, p.since = "", 0, False, None
+        step = Step(
+            index=self.steps_taken,
+            new=MappingProxyType(new),
+            text=MappingProxyType(
+                {p.name: p.received for p in self._ports.values() if not p.dropped}
+            ),
+            chunks=MappingProxyType(chunks),
+            finished=frozenset(p.name for p in self._ports.values() if p.ended),
+            dropped=frozenset(p.name for p in self._ports.values() if p.dropped),
+            final=all(p.ended for p in self._ports.values()),
+            query=self.query,
+        )
+        self.steps_taken += 1
+        return step

@@ -1,0 +1,68 @@
+"""The one exception tree of stairflow.
+
+    StairflowError                 base of everything stairflow raises on purpose
+    ├── GraphError                 the graph as declared is wrong (names the node or edge, and the fix)
+    │   └── GraphFileError         ... and it came from a graph file (names the file too)
+    ├── ConfigError                a bad option or combination of options (CLI, run arguments)
+    ├── RunError                   a run failed
+    │   └── NodeError              ... because one node failed (``.node`` names it)
+    │       └── BackendError       ... because its model endpoint failed (names endpoint and model)
+    └── InternalError              a bug in stairflow itself: please report it
+
+Every message is one line that says what is wrong and how to fix it. ``trio.Cancelled`` is
+never caught or wrapped.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "ConfigError",
+    "GraphError",
+    "GraphFileError",
+    "InternalError",
+    "NodeError",
+    "RunError",
+    "StairflowError",
+]
+
+
+class StairflowError(Exception):
+    """Base class of every error stairflow raises on purpose."""
+
+
+class GraphError(StairflowError):
+    """The graph as declared is invalid; the message names the node or edge and the fix."""
+
+
+class GraphFileError(GraphError):
+    """A graph file is invalid; the message starts with the file's path."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
+class ConfigError(StairflowError):
+    """An option or a combination of options is invalid."""
+
+
+class RunError(StairflowError):
+    """A run did not complete."""
+
+
+class NodeError(RunError):
+    """A node failed during a run."""
+
+    def __init__(self, node: str, message: str) -> None:
+        super().__init__(f"node '{node}' failed: {message}")
+        self.node = node
+        self.reason = message
+
+
+class BackendError(NodeError):
+    """A node's model backend failed (unreachable, refused, broke mid-stream)."""
+
+
+class InternalError(StairflowError):
+    """A bug in stairflow; the message says what invariant broke."""

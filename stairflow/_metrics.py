@@ -1,0 +1,88 @@
+"""Metrics, all derived from a run's trace."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ._trace import Trace
+
+__all__ = ["NodeReport", "Report"]
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    ttft_s: float | None  # first token this node produced
+    done_s: float | None  # when it ended
+    tokens: int
+    calls: int
+    prompt_tokens: int
+    cached_tokens: int
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a run did, in the units of DESIGN.md §5 (times in seconds from the run's start)."""
+
+    graph: str
+    mode: str
+    backend: str
+    simulated: bool
+    output: str
+    ttft_s: float | None
+    total_s: float
+    output_tokens: int
+    tokens_per_s: float
+    prompt_tokens: int
+    cached_tokens: int
+    llm_calls: int
+    nodes: Mapping[str, NodeReport]
+    trace: Trace
+
+    @classmethod
+    def from_trace(cls, trace: Trace) -> Report:
+        meta = trace.meta
+        outputs = trace.of("output")
+        first = next((e.t for e in outputs if e.data["text"]), None)
+        end = trace.of("run_end")
+        total = end[-1].t if end else (trace.events[-1].t if trace.events else 0.0)
+        out_tokens = sum(
+            e.data["tokens"] for e in trace.of("chunk") if e.data["edge"][1] == meta["output"]
+        )
+        nodes = {name: _node(trace, name) for name in meta["nodes"]}
+        return cls(
+            graph=meta["graph"],
+            mode=meta["mode"],
+            backend=meta["backend"],
+            simulated=meta["simulated"],
+            output="".join(e.data["text"] for e in outputs),
+            ttft_s=first,
+            total_s=total,
+            output_tokens=out_tokens,
+            tokens_per_s=out_tokens / total if total > 0 else 0.0,
+            prompt_tokens=sum(n.prompt_tokens for n in nodes.values()),
+            cached_tokens=sum(n.cached_tokens for n in nodes.values()),
+            llm_calls=sum(n.calls for n in nodes.values()),
+            nodes=nodes,
+            trace=trace,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k not in ("trace", "nodes")}
+        out["nodes"] = {k: asdict(v) for k, v in self.nodes.items()}
+        return out
+
+
+def _node(trace: Trace, name: str) -> NodeReport:
+    firsts = trace.of("first_token", name)
+    ends = trace.of("node_end", name) or trace.of("node_error", name)
+    requests = trace.of("request_end", name)
+    return NodeReport(
+        ttft_s=firsts[0].t if firsts else None,
+        done_s=ends[0].t if ends else None,
+        tokens=int(ends[0].data.get("tokens", 0)) if ends else 0,
+        calls=len(trace.of("request_sent", name)),
+        prompt_tokens=sum(int(e.data["prompt_tokens"]) for e in requests),
+        cached_tokens=sum(int(e.data["cached_tokens"]) for e in requests),
+    )

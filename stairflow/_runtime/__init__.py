@@ -1,0 +1,1 @@
+"""The Trio runtime: executes the sans-I/O core with tasks, waits and cancel scopes."""

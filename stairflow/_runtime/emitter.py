@@ -1,0 +1,92 @@
+"""A node's outgoing side: every token goes through each out-edge's cutter to its consumer.
+
+Time-based triggers (those with a `deadline`) need a cut even when no token comes: the
+`tick` task sleeps until the earliest deadline and polls. A lock keeps the ticker and the
+token path from interleaving chunks on one edge.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import trio
+
+from .._graph import Edge
+from .._trace import Trace
+from .._triggers import Cutter, Piece, Trigger
+from .inbox import LiveInbox
+
+__all__ = ["Emitter"]
+
+
+@dataclass
+class _Out:
+    edge: Edge
+    cutter: Cutter
+    sink: LiveInbox
+    sent: int = 0
+
+
+class Emitter:
+    def __init__(self, node: str, outs: Sequence[tuple[Edge, LiveInbox]], trace: Trace) -> None:
+        self.node = node
+        self.trace = trace
+        self.outs = [_Out(edge, Cutter(edge.trigger), sink) for edge, sink in outs]
+        self.text = ""
+        self.tokens = 0
+        self._lock = trio.StrictFIFOLock()
+        self._wake = trio.Event()
+        self.timed = any(type(o.edge.trigger).deadline is not Trigger.deadline for o in self.outs)
+
+    async def _send(self, out: _Out, piece: Piece) -> None:
+        await out.sink.put(out.edge.src, piece)
+        self.trace.record(
+            "chunk", self.node, edge=[out.edge.src, out.edge.dst], index=out.sent,
+            text=piece.text, tokens=piece.tokens, last=piece.last,
+            first_token_s=None if piece.first_token_s is None else piece.first_token_s - self.trace.t0,
+            last_token_s=None if piece.last_token_s is None else piece.last_token_s - self.trace.t0,
+        )
+        out.sent += 1
+
+    async def emit(self, token: str) -> None:
+        now = trio.current_time()
+        self.text += token
+        self.tokens += 1
+        async with self._lock:
+            for out in self.outs:
+                for piece in out.cutter.feed(token, now):
+                    await self._send(out, piece)
+        if self.timed:
+            self._wake.set()
+
+    async def close(self) -> None:
+        """End of stream: every edge gets its last chunk."""
+        async with self._lock:
+            for out in self.outs:
+                if not out.cutter.closed:
+                    await self._send(out, out.cutter.close())
+        self._wake.set()
+
+    def drop(self) -> None:
+        """This node failed and its policy drops it: consumers go on without it."""
+        for out in self.outs:
+            out.cutter.closed = True
+            out.sink.drop(out.edge.src)
+        self._wake.set()
+
+    async def tick(self) -> None:
+        """Cut time-based chunks at their deadlines; runs until the stream is closed."""
+        while not all(o.cutter.closed for o in self.outs):
+            wake = self._wake = trio.Event()
+            deadlines = [d for o in self.outs if (d := o.cutter.deadline()) is not None]
+            with trio.move_on_at(min(deadlines, default=math.inf)):
+                await wake.wait()
+                continue
+            async with self._lock:
+                now = trio.current_time()
+                for out in self.outs:
+                    if not out.cutter.closed:
+                        for piece in out.cutter.poll(now):
+                            await self._send(out, piece)

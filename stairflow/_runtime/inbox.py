@@ -1,0 +1,118 @@
+"""The live side of an inbox: producers deliver into it, the node waits on it.
+
+Delivery is a direct call from the producer's task (no queue between them): the core `Inbox`
+coalesces what arrives between steps. Eager consumers (llm and output nodes) take every chunk
+as it comes, so producers never wait for them - the paper's proposers never wait for the
+aggregator. Lazy consumers (`fn` nodes, user code) apply backpressure: while the function is
+busy between steps, at most ``edge_buffer`` chunks queue per input and then the producer
+blocks, which in turn stops it pulling tokens from its model stream. While a lazy consumer
+waits for its next step it takes everything, so a join can never deadlock on a full buffer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import trio
+
+from .._core.inbox import Inbox, Step
+from .._joins import Join
+from .._triggers import Piece
+from .clock import settle
+
+__all__ = ["Inputs", "LiveInbox"]
+
+
+class LiveInbox:
+    def __init__(
+        self, inputs: Sequence[str], join: Join, query: str, *, eager: bool, cap: int,
+        virtual: bool, clock: Callable[[], float],
+    ) -> None:
+        self.core = Inbox(inputs, join, query)
+        self.eager = eager
+        self.cap = cap
+        self.waiting = False  # a lazy consumer is waiting for its next step
+        self.discarding = False  # the node has finished; arrivals are dropped
+        self.max_buffered: dict[str, int] = dict.fromkeys(inputs, 0)
+        self._virtual = virtual
+        self._clock = clock
+        self._changed = trio.Event()  # arrivals, for the node
+        self._space = trio.lowlevel.ParkingLot()  # consumption, for blocked producers
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _has_room(self, name: str) -> bool:
+        return self.eager or self.waiting or self.core.pending_chunks(name) < self.cap
+
+    async def put(self, name: str, piece: Piece) -> None:
+        while not self.discarding and not self._has_room(name):
+            await self._space.park()
+        if self.discarding:
+            return
+        self.core.put(name, piece.text, piece.last, self._clock())
+        buffered = self.core.pending_chunks(name)
+        self.max_buffered[name] = max(self.max_buffered[name], buffered)
+        self._notify()
+
+    def drop(self, name: str) -> None:
+        if not self.discarding:
+            self.core.drop(name, self._clock())
+            self._notify()
+
+    async def next_step(self) -> Step:
+        """Wait until the join holds (or a straggler timeout passes), then take the step."""
+        self.waiting = True
+        self._space.unpark_all()
+        try:
+            ready_since = self._clock()
+            while not self.core.ready():
+                changed = self._changed
+                deadline = self.core.wait_deadline(ready_since)
+                if deadline is not None and self._clock() >= deadline:
+                    break
+                with trio.move_on_at(deadline if deadline is not None else float("inf")):
+                    await changed.wait()
+            await settle(self._virtual)
+            return self.core.consume()
+        finally:
+            self.waiting = False
+            self._space.unpark_all()
+
+    def finish(self) -> None:
+        """The node is done: drop whatever else arrives and release blocked producers."""
+        self.discarding = True
+        self._space.unpark_all()
+
+
+class Inputs:
+    """What an `fn` node's function receives: iterate it to get one `Step` at a time.
+
+    Each step holds the text that arrived on each input since the previous step (``new``),
+    everything so far (``text``) and whether every input has ended (``final``: the last step).
+    """
+
+    def __init__(self, inbox: LiveInbox, names: Sequence[str], query: str) -> None:
+        self._inbox = inbox
+        self.names = tuple(names)
+        self.query = query
+        self._done = False
+
+    def __aiter__(self) -> AsyncIterator[Step]:
+        return self
+
+    async def __anext__(self) -> Step:
+        if self._done:
+            raise StopAsyncIteration
+        step = await self._inbox.next_step()
+        self._done = step.final
+        return step
+
+    async def collect(self) -> Step:
+        """Wait for every input to end; the final step (``.text`` holds everything)."""
+        step = None
+        async for step in self:
+            pass
+        assert step is not None
+        return step

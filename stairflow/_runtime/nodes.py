@@ -1,0 +1,111 @@
+"""What each kind of node does during a run.
+
+An llm node loops: wait for its join, consume what arrived, build the prompt from everything
+received so far, ask the backend to continue its own answer for this step's budget (or to the
+end once every input has ended), stream the tokens out. It ends when the model stops, when it
+reaches ``max_tokens``, or after its final step.
+"""
+
+from __future__ import annotations
+
+from contextlib import aclosing
+from typing import TYPE_CHECKING
+
+import trio
+
+from .._backends.base import Request
+from .._errors import NodeError
+from .._graph import FnNode, LLMNode
+from .._prompts import InputText, StepText, build_messages
+from .inbox import Inputs
+
+if TYPE_CHECKING:
+    from .run import Run
+
+__all__ = ["run_fn", "run_input", "run_llm", "run_output"]
+
+
+async def run_input(run: Run, name: str) -> None:
+    out = run.emitters[name]
+    run.trace.record("first_token", name, step=0)
+    await out.emit(run.query)
+    await out.close()
+
+
+async def run_output(run: Run, name: str) -> None:
+    inbox = run.inboxes[name]
+    while True:
+        step = await inbox.next_step()
+        text = "".join(step.new.values())
+        if text:
+            run.trace.record("output", name, text=text)
+            run.output_parts.append(text)
+        if step.final:
+            if step.dropped:
+                raise NodeError(name, f"its input '{next(iter(step.dropped))}' failed")
+            return
+
+
+async def run_llm(run: Run, node: LLMNode) -> None:
+    inbox, out = run.inboxes[node.name], run.emitters[node.name]
+    query_src = run.graph.input
+    history: list[StepText] = []
+    k = 0
+    while out.tokens < node.max_tokens:
+        step = await inbox.next_step()
+        if inbox.core.all_dropped:
+            raise NodeError(node.name, "every input failed and was dropped")
+        run.trace.record("step_start", node.name, step=k, consumed=dict(step.chunks),
+                         final=step.final)
+        inputs = [
+            InputText(n, t, n in step.finished, n == query_src) for n, t in step.text.items()
+        ]
+        history.append(StepText(tuple(step.new.items()), ""))
+        messages, prefix = build_messages(
+            node.prompt, node.system, run.query, inputs, out.text, node.context, history
+        )
+        left = node.max_tokens - out.tokens
+        budget = left if step.final else min(left, node.step_budget(k))
+        before, chars_before = out.tokens, len(out.text)
+        request = Request(node.name, tuple(messages), prefix, budget, node.temperature,
+                          node.model, k, before)
+        finish = await _call(run, request)
+        history[-1] = StepText(history[-1].new, out.text[chars_before:])
+        run.trace.record("step_end", node.name, step=k, tokens=out.tokens - before)
+        k += 1
+        if finish == "stop" or step.final:
+            break
+
+
+async def _call(run: Run, req: Request) -> str | None:
+    out = run.emitters[req.node]
+    run.trace.record("request_sent", req.node, step=req.step, max_tokens=req.max_tokens,
+                     position=req.position)
+    try:
+        async with run.backend.open_stream(req) as stream:
+            async for token in stream:
+                if out.tokens == req.position:
+                    run.trace.record("first_token", req.node, step=req.step)
+                await out.emit(token)
+    except trio.Cancelled:
+        run.trace.record("request_cancel", req.node, step=req.step)
+        raise
+    run.trace.record(
+        "request_end", req.node, step=req.step, tokens=out.tokens - req.position,
+        prompt_tokens=stream.usage.prompt_tokens, cached_tokens=stream.usage.cached_tokens,
+        finish_reason=stream.finish_reason,
+    )
+    return stream.finish_reason
+
+
+async def run_fn(run: Run, node: FnNode) -> None:
+    inbox, out = run.inboxes[node.name], run.emitters[node.name]
+    inputs = Inputs(inbox, [e.src for e in run.graph.inputs_of(node.name)], run.query)
+    async with aclosing(node.fn(inputs)) as agen:
+        async for piece in agen:
+            if not isinstance(piece, str):
+                raise NodeError(node.name, f"yielded {type(piece).__name__}; yield str text")
+            if piece:
+                if out.tokens == 0:
+                    run.trace.record("first_token", node.name, step=0)
+                await out.emit(piece)

@@ -1,0 +1,269 @@
+"""A run: one message through one graph. `open_run` inside Trio, `run` from plain code.
+
+Theory of operation. A run owns one nursery with a task per node. Producers deliver chunks
+straight into their consumers' inboxes (see `inbox`), so the whole graph advances as fast as
+its joins allow. A node that fails either ends the run (its error, naming it, is raised when
+the run's block exits) or, with ``on_error = "drop"``, is dropped and its consumers go on.
+Cancelling the run - `Run.cancel`, an exception in the caller's block, an outer cancel
+scope - cancels every task and every backend request it started; none outlives the block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+import trio.testing
+
+from .._backends.base import Backend
+from .._backends.sim import SimBackend
+from .._errors import ConfigError, InternalError, NodeError, StairflowError
+from .._joins import join_any
+from .._graph import FnNode, FrozenGraph, Graph, InputNode, LLMNode, Mode, OutputNode
+from .._metrics import Report
+from .._trace import Event, Trace
+from .clock import is_virtual
+from .emitter import Emitter
+from .inbox import LiveInbox
+from .nodes import run_fn, run_input, run_llm, run_output
+
+__all__ = ["Run", "open_run", "prepare", "run"]
+
+_END_KINDS = ("run_end", "run_error", "run_cancel")
+
+
+def prepare(graph: Graph | FrozenGraph, mode: Mode = "staircase") -> FrozenGraph:
+    frozen = graph.build() if isinstance(graph, Graph) else graph
+    return frozen.with_mode(mode)
+
+
+def resolve_backend(backend: Backend | str | None, graph: FrozenGraph) -> Backend:
+    if backend is None or backend in ("sim", "simulated"):
+        return SimBackend.for_graph(graph)
+    if isinstance(backend, str):
+        raise ConfigError(f"unknown backend {backend!r}; use 'sim' or pass a Backend object")
+    return backend
+
+
+class Run:
+    """A run in progress. Iterate it for its events as they happen; `report()` at the end."""
+
+    def __init__(self, graph: FrozenGraph, query: str, backend: Backend) -> None:
+        self.graph = graph
+        self.query = query
+        self.backend = backend
+        self.virtual = is_virtual()
+        self.trace = Trace(trio.current_time, meta={
+            "graph": graph.name, "mode": graph.mode, "backend": backend.name,
+            "simulated": backend.simulated, "input": graph.input, "output": graph.output,
+            "nodes": list(graph.order),
+            "edges": [[e.src, e.dst, e.trigger.describe()] for e in graph.edges],
+        })
+        self.inboxes = {
+            name: LiveInbox(
+                [e.src for e in graph.inputs_of(name)],
+                node.join if isinstance(node, LLMNode | FnNode) else _ANY,
+                query, eager=not isinstance(node, FnNode), cap=graph.edge_buffer,
+                virtual=self.virtual, clock=trio.current_time,
+            )
+            for name, node in graph.nodes.items()
+            if not isinstance(node, InputNode)
+        }
+        self.emitters = {
+            name: Emitter(name, [(e, self.inboxes[e.dst]) for e in graph.outputs_of(name)],
+                          self.trace)
+            for name in graph.nodes
+        }
+        self.output_parts: list[str] = []
+        self.error: StairflowError | None = None
+        self.cancelled = False
+        self._scope = trio.CancelScope()
+        self._nodes_scope = trio.CancelScope()
+        self._new_event = trio.Event()
+        self.trace.listeners.append(self._on_event)
+
+    @property
+    def output(self) -> str:
+        """The output text received so far."""
+        return "".join(self.output_parts)
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.trace.events) and self.trace.events[-1].kind in _END_KINDS
+
+    def cancel(self) -> None:
+        """Stop the run now: every node task and backend request is cancelled."""
+        self.cancelled = True
+        self._scope.cancel()
+
+    def report(self) -> Report:
+        return Report.from_trace(self.trace)
+
+    def _on_event(self, event: Event) -> None:
+        self._new_event.set()
+        self._new_event = trio.Event()
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return _Events(self)
+
+    async def _main(self) -> None:
+        self.trace.record("run_start", graph=self.graph.name, mode=self.graph.mode,
+                          backend=self.backend.name, simulated=self.backend.simulated)
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                self._nodes_scope = nursery.cancel_scope
+                for name in self.graph.order:
+                    nursery.start_soon(self._node_task, name)
+        if self.error is not None:
+            self.trace.record("run_error", error=str(self.error))
+        elif self._scope.cancelled_caught or self.cancelled:
+            self.trace.record("run_cancel")
+        else:
+            self.trace.record("run_end")
+
+    def _body(self, name: str) -> Callable[[], Awaitable[None]]:
+        node = self.graph.nodes[name]
+        if isinstance(node, InputNode):
+            return lambda: run_input(self, name)
+        if isinstance(node, OutputNode):
+            return lambda: run_output(self, name)
+        if isinstance(node, LLMNode):
+            return lambda: run_llm(self, node)
+        return lambda: run_fn(self, node)
+
+    async def _node_task(self, name: str) -> None:
+        emitter, inbox = self.emitters[name], self.inboxes.get(name)
+        self.trace.record("node_start", name)
+        try:
+            if emitter.timed:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(emitter.tick)
+                    await self._body(name)()
+                    await emitter.close()
+            else:
+                await self._body(name)()
+                await emitter.close()
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a NodeError
+            self._fail(name, _unwrap(exc))
+            return
+        finally:
+            if inbox is not None:
+                inbox.finish()
+        self.trace.record("node_end", name, tokens=emitter.tokens, text=emitter.text)
+
+    def _fail(self, name: str, exc: BaseException) -> None:
+        err = exc if isinstance(exc, NodeError) and exc.node == name else NodeError(
+            name, f"{type(exc).__name__}: {exc}"
+        )
+        err.__cause__ = exc if err is not exc else exc.__cause__
+        node = self.graph.nodes[name]
+        drop = getattr(node, "on_error", "fail") == "drop"
+        self.trace.record("node_error", name, error=str(err), dropped=drop,
+                          tokens=self.emitters[name].tokens)
+        if drop:
+            self.emitters[name].drop()
+            return
+        if self.error is None:
+            self.error = err
+        self._nodes_scope.cancel()
+
+
+_ANY = join_any()
+
+
+class _Events:
+    """Cursor over a run's trace: every event once, in order, until the run ends."""
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+        self._i = 0
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        events = self._run.trace.events
+        if self._i and events[self._i - 1].kind in _END_KINDS:
+            raise StopAsyncIteration
+        while self._i >= len(events):
+            await self._run._new_event.wait()
+        self._i += 1
+        return events[self._i - 1]
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+@asynccontextmanager
+async def open_run(
+    graph: Graph | FrozenGraph,
+    message: str | None = None,
+    *,
+    backend: Backend | str | None = None,
+    mode: Mode = "staircase",
+) -> AsyncIterator[Run]:
+    """Start a run inside Trio; leaving the block waits for it to end (or `Run.cancel` it).
+
+    Raises the failing node's `NodeError` on exit if the run failed.
+    """
+    frozen = prepare(graph, mode)
+    query = message if message is not None else frozen.default_input
+    if query is None:
+        raise ConfigError(f"graph '{frozen.name}' needs a message: pass one to the run")
+    the_run = Run(frozen, query, resolve_backend(backend, frozen))
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(the_run._main)
+            yield the_run
+    except BaseExceptionGroup as group:
+        raise _unwrap(group) from None
+    if the_run.error is not None:
+        raise the_run.error
+    if not the_run.finished:
+        raise InternalError("the run's tasks ended without an end event")
+
+
+def run(
+    graph: Graph | FrozenGraph,
+    message: str | None = None,
+    *,
+    backend: Backend | str | None = None,
+    mode: Mode = "staircase",
+    virtual_clock: bool = False,
+    **kwargs: Any,
+) -> Report:
+    """Run a graph from plain (non-Trio) code and return its `Report`.
+
+    ``virtual_clock=True`` runs under `trio.testing.MockClock`: simulated timings are exact
+    and nothing really waits (simulated backend only).
+    """
+    if kwargs:
+        raise ConfigError(f"unknown argument {next(iter(kwargs))!r} to run()")
+
+    frozen = prepare(graph, mode)
+    chosen = resolve_backend(backend, frozen)
+    if virtual_clock and not chosen.simulated:
+        raise ConfigError(f"the virtual clock needs the simulated backend, not {chosen.name}")
+
+    async def main() -> Report:
+        async with open_run(frozen, message, backend=chosen, mode=mode) as r:
+            pass
+        return r.report()
+
+    clock = trio.testing.MockClock(autojump_threshold=0) if virtual_clock else None
+    if _inside_trio():
+        raise ConfigError("sf.run() cannot run inside Trio; use `async with sf.open_run(...)`")
+    return trio.run(main, clock=clock)
+
+
+def _inside_trio() -> bool:
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
