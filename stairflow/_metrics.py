@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ._trace import Trace
@@ -69,7 +69,8 @@ class Report:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k not in ("trace", "nodes")}
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out.pop("trace")
         out["nodes"] = {k: asdict(v) for k, v in self.nodes.items()}
         return out
 

@@ -10,6 +10,7 @@ Event kinds, with their data:
     request_cancel {step}
     chunk {edge: [src, dst], index, text, tokens, last, first_token_s, last_token_s}
     step_start {step, consumed: {input: chunks}, final}        step_end {step, tokens}
+    step_wait (an fn node asks for its next step)
     output {text}
 
 Metrics (`Report`) are derived from these events only.

@@ -93,10 +93,16 @@ class Inputs:
     everything so far (``text``) and whether every input has ended (``final``: the last step).
     """
 
-    def __init__(self, inbox: LiveInbox, names: Sequence[str], query: str) -> None:
+    def __init__(
+        self, inbox: LiveInbox, names: Sequence[str], query: str,
+        on_step: Callable[[Step], None] = lambda step: None,
+        on_wait: Callable[[], None] = lambda: None,
+    ) -> None:
         self._inbox = inbox
         self.names = tuple(names)
         self.query = query
+        self._on_step = on_step
+        self._on_wait = on_wait
         self._done = False
 
     def __aiter__(self) -> AsyncIterator[Step]:
@@ -105,8 +111,10 @@ class Inputs:
     async def __anext__(self) -> Step:
         if self._done:
             raise StopAsyncIteration
+        self._on_wait()
         step = await self._inbox.next_step()
         self._done = step.final
+        self._on_step(step)
         return step
 
     async def collect(self) -> Step:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .._backends.base import Request
+from .._core.inbox import Step
 from .._errors import NodeError
 from .._graph import FnNode, LLMNode
 from .._prompts import InputText, StepText, build_messages
@@ -100,7 +101,15 @@ async def _call(run: Run, req: Request) -> str | None:
 
 async def run_fn(run: Run, node: FnNode) -> None:
     inbox, out = run.inboxes[node.name], run.emitters[node.name]
-    inputs = Inputs(inbox, [e.src for e in run.graph.inputs_of(node.name)], run.query)
+    def on_step(step: Step) -> None:
+        run.trace.record("step_start", node.name, step=step.index, consumed=dict(step.chunks),
+                         final=step.final)
+
+    def on_wait() -> None:
+        run.trace.record("step_wait", node.name)
+
+    inputs = Inputs(inbox, [e.src for e in run.graph.inputs_of(node.name)], run.query, on_step,
+                    on_wait)
     async with aclosing(node.fn(inputs)) as agen:
         async for piece in agen:
             if not isinstance(piece, str):

@@ -1,0 +1,157 @@
+"""The ``stairflow`` command: run, check, render, list.
+
+Bad input ends with a one-line ``stairflow: error: ...`` on stderr and exit status 2; a run
+that fails ends with exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+import trio
+import trio.testing
+
+from ._errors import ConfigError, RunError, StairflowError
+from ._graph import FrozenGraph
+from ._graphfile import bundled_graphs, resolve_graph
+from ._metrics import Report
+from ._render import FORMATS, render
+from ._runtime.run import open_run, resolve_backend
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{message} (see '{self.prog} --help')")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="stairflow", description="Low-latency multi-agent LLM graphs.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    graph_help = "a graph file, a bundled graph name (see 'stairflow list') or module:attribute"
+
+    r = sub.add_parser("run", help="run a graph and stream its answer")
+    r.add_argument("graph", help=graph_help)
+    r.add_argument("prompt", nargs="?", help="the message (default: stdin, or the graph's example)")
+    r.add_argument("--mode", choices=["staircase", "normal"], default="staircase")
+    r.add_argument("--backend", choices=["sim"], default="sim",
+                   help="sim: the simulated backend (placeholder text, modelled timings)")
+    r.add_argument("--virtual-clock", action="store_true",
+                   help="run the simulated backend in virtual time: exact, no waiting")
+    r.add_argument("--trace", metavar="FILE", help="write the run's trace as JSON")
+    r.add_argument("--json", action="store_true", help="print one JSON report instead")
+
+    c = sub.add_parser("check", help="validate a graph and print its layers")
+    c.add_argument("graph", help=graph_help)
+
+    d = sub.add_parser("render", help="draw a graph with graphviz")
+    d.add_argument("graph", help=graph_help)
+    d.add_argument("-o", "--output", required=True, help="output file (.svg, .png, .pdf, .dot)")
+    d.add_argument("--format", choices=FORMATS, help="format (default: from the file suffix)")
+
+    sub.add_parser("list", help="list the bundled graphs")
+    return p
+
+
+def _prompt(arg: str | None, graph: FrozenGraph, stdin: TextIO) -> str:
+    if arg is not None:
+        return arg
+    if not stdin.isatty():
+        text = stdin.read().strip()
+        if text:
+            return text
+    if graph.default_input:
+        return graph.default_input
+    raise ConfigError(f"graph '{graph.name}' has no example message; give one: "
+                      f"stairflow run {graph.name} 'your question'")
+
+
+def _summary(report: Report, virtual: bool) -> str:
+    lines = []
+    if report.simulated:
+        clock = "virtual clock" if virtual else "real time"
+        lines.append(f"[simulated backend: placeholder text, timings from the timing model, "
+                     f"{clock}]")
+    ttft = "-" if report.ttft_s is None else f"{report.ttft_s:.3f} s"
+    lines.append(
+        f"{report.graph} ({report.mode}): TTFT {ttft} | total {report.total_s:.2f} s | "
+        f"{report.output_tokens} tokens, {report.tokens_per_s:.1f} tokens/s | "
+        f"{report.llm_calls} LLM calls, {report.prompt_tokens} prompt tokens"
+    )
+    firsts = [f"{name} {n.ttft_s:.3f}" for name, n in report.nodes.items()
+              if n.ttft_s is not None and n.calls]
+    if firsts:
+        lines.append("first token (s): " + ", ".join(firsts))
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    graph = resolve_graph(args.graph).with_mode(args.mode)
+    prompt = _prompt(args.prompt, graph, stdin)
+    backend = resolve_backend(args.backend, graph)
+    if args.virtual_clock and not backend.simulated:
+        raise ConfigError("--virtual-clock needs the simulated backend (--backend sim)")
+    stream = not args.json
+    if stream and backend.simulated:
+        print("[simulated backend: the text below is placeholder words]", file=err)
+
+    async def main() -> Report:
+        async with open_run(graph, prompt, backend=backend) as run:
+            async for event in run:
+                if stream and event.kind == "output":
+                    out.write(event.data["text"])
+                    out.flush()
+        return run.report()
+
+    clock = trio.testing.MockClock(autojump_threshold=0) if args.virtual_clock else None
+    report = trio.run(main, clock=clock)
+    if args.trace:
+        report.trace.write(args.trace)
+    if args.json:
+        data = report.to_dict()
+        data["virtual_clock"] = bool(args.virtual_clock)
+        print(json.dumps(data, indent=2), file=out)
+    else:
+        print(file=out)
+        print(_summary(report, args.virtual_clock), file=err)
+    return 0
+
+
+def _check(args: argparse.Namespace, out: TextIO) -> int:
+    g = resolve_graph(args.graph)
+    print(f"graph '{g.name}' is valid: {len(g.nodes)} nodes, {len(g.edges)} edges", file=out)
+    for i, layer in enumerate(g.layers):
+        print(f"  layer {i}: {', '.join(layer)}", file=out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
+         err: TextIO | None = None, stdin: TextIO | None = None) -> int:
+    out, err, stdin = out or sys.stdout, err or sys.stderr, stdin or sys.stdin
+    try:
+        args = _parser().parse_args(argv)
+        if args.command == "run":
+            return _run(args, out, err, stdin)
+        if args.command == "check":
+            return _check(args, out)
+        if args.command == "render":
+            path = render(resolve_graph(args.graph), args.output, args.format)
+            print(f"wrote {path}", file=out)
+            return 0
+        for name, path in bundled_graphs().items():
+            print(f"{name:12} {resolve_graph(str(path)).description}", file=out)
+        return 0
+    except RunError as exc:
+        print(f"stairflow: run failed: {exc}", file=err)
+        return 1
+    except StairflowError as exc:
+        print(f"stairflow: error: {exc}", file=err)
+        return 2
+    except KeyboardInterrupt:
+        print("stairflow: interrupted", file=err)
+        return 130

@@ -1,0 +1,151 @@
+"""Hypothesis strategies: random multi-layer DAGs with random triggers, joins and timings.
+
+Timings are dyadic (latencies of 1/8 s steps, token rates that are powers of two) so that
+virtual-time arithmetic is exact and events that coincide in theory coincide in practice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from hypothesis import strategies as st
+
+from .._graph import FrozenGraph, Graph
+from .._runtime.inbox import Inputs
+from .._triggers import Trigger, complete, paragraph, regex, sentence, tokens
+
+__all__ = ["dyadic_timings", "graphs", "moa_graphs", "passthrough", "triggers"]
+
+TRIGGER_KINDS = ("tokens", "schedule", "sentence", "paragraph", "regex", "complete")
+
+
+def triggers(kinds: Sequence[str] = TRIGGER_KINDS) -> st.SearchStrategy[Trigger]:
+    """Random triggers of the given kinds (add "interval" for time-based ones)."""
+    from .._triggers import interval
+
+    options: dict[str, st.SearchStrategy[Trigger]] = {
+        "tokens": st.integers(1, 12).map(tokens),
+        "schedule": st.lists(st.integers(1, 12), min_size=2, max_size=4).map(tokens),
+        "sentence": st.just(sentence()),
+        "paragraph": st.just(paragraph()),
+        "regex": st.sampled_from([r",", r"\band\b", r"[.!?]"]).map(regex),
+        "complete": st.just(complete()),
+        "interval": st.sampled_from([0.125, 0.25, 1.0]).map(interval),
+    }
+    return st.one_of([options[k] for k in kinds])
+
+
+def dyadic_timings() -> st.SearchStrategy[dict[str, float]]:
+    """Per-node simulated timing: exact binary fractions."""
+
+    def build(lat: int, decode: int, prefill_exp: int, out: int, seed: int) -> dict[str, float]:
+        return {"latency_s": lat / 8, "decode_tps": float(decode), "prefill_tps": 2.0**prefill_exp,
+                "output_tokens": out, "seed": seed}
+
+    return st.builds(build, st.integers(0, 4), st.sampled_from([4, 8, 16, 32, 64]),
+                     st.integers(5, 12), st.integers(0, 40), st.integers(0, 3))
+
+
+def _join(n_inputs: int, with_wait: bool) -> st.SearchStrategy[Any]:
+    waits = st.sampled_from([0.25, 0.5, 2.0]) if with_wait else st.none()
+    base = st.sampled_from(["all", "any"]).flatmap(
+        lambda p: waits.map(lambda w: p if w is None else {"policy": p, "max_wait_s": w}))
+    quorum = st.integers(1, n_inputs).flatmap(
+        lambda k: waits.map(lambda w: {"quorum": k} | ({} if w is None else {"max_wait_s": w})))
+    return st.one_of(base, quorum)
+
+
+async def passthrough(inputs: Inputs) -> AsyncIterator[str]:
+    """An fn node that forwards what arrives, input by input, step by step."""
+    async for step in inputs:
+        for name in inputs.names:
+            if step.new.get(name):
+                yield step.new[name]
+
+
+async def concat_at_end(inputs: Inputs) -> AsyncIterator[str]:
+    """An fn node whose output does not depend on timing: all inputs, once they end."""
+    step = await inputs.collect()
+    for name in inputs.names:
+        if step.text.get(name):
+            yield step.text[name]
+
+
+@st.composite
+def graphs(
+    draw: st.DrawFn,
+    *,
+    max_layers: int = 4,
+    max_width: int = 3,
+    trigger_kinds: Sequence[str] = TRIGGER_KINDS,
+    fn_nodes: bool = False,
+    fn: Any = passthrough,
+    max_wait: bool = True,
+) -> FrozenGraph:
+    """A random DAG: an input, layers of nodes each reading the previous layer (and maybe
+    earlier ones), one last node feeding the output. Every node leads to the output."""
+    g = Graph("random", sim={"latency_s": 0.125})
+    g.input("q")
+    layers: list[list[str]] = [["q"]]
+    n_layers = draw(st.integers(1, max_layers))
+    for li in range(n_layers):
+        width = 1 if li == n_layers - 1 else draw(st.integers(1, max_width))
+        layer = []
+        for j in range(width):
+            name = f"n{li}_{j}"
+            earlier = [n for lay in layers for n in lay]
+            srcs = {draw(st.sampled_from(layers[-1]))}
+            srcs |= set(draw(st.lists(st.sampled_from(earlier), max_size=2)))
+            is_fn = fn_nodes and li > 0 and draw(st.booleans())
+            join = draw(_join(len(srcs), max_wait))
+            if is_fn:
+                g.fn(name, fn, join=join)
+            else:
+                g.llm(name, join=join, sim=draw(dyadic_timings()),
+                      max_tokens=draw(st.integers(1, 48)),
+                      steps=draw(st.lists(st.integers(1, 16), min_size=1, max_size=3)),
+                      prompt=draw(st.sampled_from([None, "moa-aggregate", "moa-aggregate-user"])),
+                      context=draw(st.sampled_from(["rebuild", "append"])))
+            for s in sorted(srcs):
+                g.connect(s, name, draw(triggers(trigger_kinds)))
+            layer.append(name)
+        layers.append(layer)
+    last = layers[-1][0]
+    # every node must lead to the output: give dead ends an edge to a node of a later layer
+    fed = {s for s, _, _ in g._edges}
+    for li, layer in enumerate(layers[1:-1], start=1):
+        for name in layer:
+            if name not in fed:
+                later = [n for lay in layers[li + 1 :] for n in lay]
+                g.connect(name, draw(st.sampled_from(later)), draw(triggers(trigger_kinds)))
+                fed.add(name)
+    g.output("out")
+    g.connect(last, "out", draw(st.sampled_from([None, tokens(1), tokens(4), sentence()])))
+    return g.build()
+
+
+@st.composite
+def moa_graphs(draw: st.DrawFn, *, max_width: int = 4) -> FrozenGraph:
+    """Mixture-of-Agents shapes: N proposers reading the input, one aggregator, with random
+    triggers, joins and timings where prefill is fast against decode (as on real servers)."""
+    g = Graph("moa-random")
+    g.input("q")
+    n = draw(st.integers(1, max_width))
+    props = [f"p{i}" for i in range(n)]
+    decodes = []
+    for p in props:
+        sim = draw(dyadic_timings())
+        decodes.append(sim["decode_tps"])
+        g.llm(p, sim=sim, max_tokens=draw(st.integers(1, 48)))
+    agg_sim = draw(dyadic_timings())
+    # unfinished-reference markers cost 4 words per reference; prefill must outpace decode
+    agg_sim["prefill_tps"] = max(agg_sim["prefill_tps"], 2.0 ** (int(4 * n * max(decodes)) - 1).bit_length())
+    g.llm("agg", sim=agg_sim, join=draw(_join(n, True)), prompt="moa-aggregate",
+          steps=draw(st.lists(st.integers(1, 16), min_size=1, max_size=3)))
+    g.connect("q", props)
+    for p in props:
+        g.connect(p, "agg", draw(triggers(TRIGGER_KINDS)))
+    g.output("out")
+    g.connect("agg", "out")
+    return g.build()

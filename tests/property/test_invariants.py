@@ -1,0 +1,345 @@
+"""DESIGN.md §4: every invariant as a Hypothesis property over random DAGs in virtual time.
+
+Each test says which invariant it proves; together they run several hundred random graphs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import stairflow as sf
+from stairflow._triggers import Cutter
+from stairflow.testing import FlakyBackend, graphs, moa_graphs, run_virtual
+from stairflow.testing._strategies import concat_at_end
+from stairflow.testing._virtual import check_conservation
+
+from .reference import reference
+
+ALL_TRIGGERS = ("tokens", "schedule", "sentence", "paragraph", "regex", "complete", "interval")
+ENOUGH = settings(max_examples=150)
+
+
+def chunks_by_edge(report: sf.Report) -> dict[tuple[str, str], list[Any]]:
+    out: dict[tuple[str, str], list[Any]] = defaultdict(list)
+    for e in report.trace.of("chunk"):
+        out[tuple(e.data["edge"])].append(e)
+    return out
+
+
+# 1. Conservation -------------------------------------------------------------------------
+
+
+@ENOUGH
+@given(graphs(trigger_kinds=ALL_TRIGGERS, fn_nodes=True), st.sampled_from(["staircase", "normal"]))
+def test_1_conservation_every_edge_delivers_the_whole_stream_in_order(g, mode):
+    report = run_virtual(g, mode=mode)
+    check_conservation(report)
+    # and the caller gets exactly what the last node wrote
+    last = g.inputs_of(g.output)[0].src
+    assert report.output == report.trace.of("node_end", last)[0].data["text"]
+
+
+# 2. Trigger conformance ------------------------------------------------------------------
+
+
+@ENOUGH
+@given(graphs(trigger_kinds=ALL_TRIGGERS, fn_nodes=True))
+def test_2_every_chunk_but_the_last_satisfies_its_trigger(g):
+    report = run_virtual(g)
+    edges = {(e.src, e.dst): e for e in g.edges}
+    for key, events in chunks_by_edge(report).items():
+        trigger = edges[key].trigger
+        for e, following in zip(events, events[1:]):
+            d = e.data
+            assert d["text"], f"{key}: empty chunk before the end"
+            if isinstance(trigger, sf.Trigger) and trigger.describe().startswith("tokens"):
+                assert d["tokens"] == trigger.size(d["index"])  # type: ignore[attr-defined]
+            elif trigger.describe().startswith("every"):
+                seconds = trigger.seconds  # type: ignore[attr-defined]
+                assert e.t - d["first_token_s"] >= seconds - 1e-9
+            elif trigger.describe() == "complete":
+                raise AssertionError(f"{key}: complete trigger cut early")
+            else:
+                # rule triggers: the chunk ends exactly where the rule first fires on the
+                # text that followed (a rule may look ahead, e.g. a sentence needs a space)
+                rest = "".join(x.data["text"] for x in events[events.index(following):])
+                buf = sf.Buffer(index=d["index"], text=d["text"] + rest)
+                assert trigger.boundary(buf) == len(d["text"]), (key, d["text"])
+
+
+# 3. Causality ----------------------------------------------------------------------------
+
+
+@ENOUGH
+@given(graphs(trigger_kinds=ALL_TRIGGERS, fn_nodes=True))
+def test_3_no_chunk_before_its_tokens_no_step_before_its_join(g):
+    report = run_virtual(g)
+    ev = report.trace.events
+    for e in report.trace.of("chunk"):
+        if e.data["last_token_s"] is not None:
+            assert e.t >= e.data["last_token_s"]
+    # a step consumes only chunks already delivered, and waits for its join (or timeout)
+    delivered: dict[tuple[str, str], int] = defaultdict(int)
+    consumed: dict[tuple[str, str], int] = defaultdict(int)
+    ended: set[tuple[str, str]] = set()
+    for e in ev:
+        if e.kind == "chunk":
+            key = tuple(e.data["edge"])
+            delivered[key] += 1
+            if e.data["last"]:
+                ended.add(key)
+        elif e.kind == "step_start" and isinstance(g.nodes[e.node], sf.LLMNode | sf.FnNode):
+            node = g.nodes[e.node]
+            ins = [x.src for x in g.inputs_of(e.node)]
+            for src, n in e.data["consumed"].items():
+                consumed[(src, e.node)] += n
+                assert consumed[(src, e.node)] <= delivered[(src, e.node)]
+            cands = [s for s in ins if (s, e.node) not in ended or e.data["consumed"].get(s)]
+            pending = sum(1 for s in cands if e.data["consumed"].get(s))
+            timed_out = node.join.max_wait_s is not None
+            assert not cands or node.join.satisfied(pending, len(cands)) or timed_out
+
+
+# 4. Plumbing equivalence -----------------------------------------------------------------
+
+
+@ENOUGH
+@given(graphs(fn_nodes=True, fn=concat_at_end))
+def test_4_outputs_identical_in_staircase_and_normal_mode(g):
+    stair, normal = run_virtual(g), run_virtual(g, mode="normal")
+    texts = lambda r: {e.node: e.data["text"] for e in r.trace.of("node_end")}  # noqa: E731
+    assert texts(stair) == texts(normal)
+    assert stair.output == normal.output
+
+
+# 5. Termination --------------------------------------------------------------------------
+
+
+@ENOUGH
+@given(graphs(trigger_kinds=ALL_TRIGGERS, fn_nodes=True), st.sampled_from(["staircase", "normal"]))
+def test_5_every_run_ends_and_leaves_nothing_behind(g, mode):
+    backend = sf.SimBackend.for_graph(g)
+    tasks_after: list[int] = []
+
+    async def during(run: sf.Run) -> None:
+        return None
+
+    report = run_virtual(g, mode=mode, backend=backend, during=during, limit_s=1e5)
+    assert report.trace.events[-1].kind == "run_end"
+    assert backend.active == 0
+    started = {e.node for e in report.trace.of("node_start")}
+    ended = {e.node for e in report.trace.of("node_end")}
+    assert started == ended == set(g.nodes)
+    sent = report.trace.of("request_sent")
+    assert len(sent) == len(report.trace.of("request_end")) == backend.opened
+    assert not tasks_after
+
+
+# 6. Staircase is never slower ------------------------------------------------------------
+
+
+@ENOUGH
+@given(moa_graphs())
+def test_6_staircase_ttft_never_above_normal_on_moa_shapes(g):
+    stair, normal = run_virtual(g), run_virtual(g, mode="normal")
+    if normal.ttft_s is None:
+        assert stair.ttft_s is None
+    else:
+        assert stair.ttft_s is not None and stair.ttft_s <= normal.ttft_s
+
+
+@ENOUGH
+@given(graphs(trigger_kinds=("complete",)))
+def test_6_equal_when_every_trigger_is_complete(g):
+    stair, normal = run_virtual(g), run_virtual(g, mode="normal")
+    assert stair.ttft_s == normal.ttft_s
+    assert stair.total_s == normal.total_s
+
+
+# 7. Exactness ----------------------------------------------------------------------------
+
+
+def close(a: float | None, b: float | None) -> bool:
+    return (a is None and b is None) or (
+        a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9))
+
+
+@settings(max_examples=200)
+@given(graphs(), st.sampled_from(["staircase", "normal"]))
+def test_7_measured_times_equal_the_independent_reference(g, mode):
+    g = g.with_mode(mode)
+    report = run_virtual(g, "why is the sky blue?", mode=mode)
+    ref = reference(g, "why is the sky blue?")
+    for name, line in ref.items():
+        node = report.nodes[name]
+        if isinstance(g.nodes[name], sf.LLMNode):
+            assert close(node.ttft_s, line.first_token), (name, node.ttft_s, line.first_token)
+            starts = [e.t for e in report.trace.of("step_start", name)]
+            assert len(starts) == len(line.steps), name
+            assert all(close(a, b) for a, b in zip(starts, line.steps, strict=True)), name
+            assert node.prompt_tokens == sum(line.prompt_tokens), name
+        if not isinstance(g.nodes[name], sf.OutputNode):
+            assert close(node.done_s, line.end), (name, node.done_s, line.end)
+    out = ref[g.output]
+    assert close(report.ttft_s, out.first_token)
+    assert report.output == out.text
+
+
+# 8. Cancellation -------------------------------------------------------------------------
+
+
+@ENOUGH
+@given(graphs(trigger_kinds=ALL_TRIGGERS, fn_nodes=True), st.floats(0, 5))
+def test_8_cancelling_a_run_cancels_every_request_at_once(g, at):
+    backend = sf.SimBackend.for_graph(g)
+
+    async def cancel_later(run: sf.Run) -> None:
+        await trio.sleep(at)
+        run.cancel()
+
+    report = run_virtual(g, backend=backend, during=cancel_later)
+    assert backend.active == 0
+    last = report.trace.events[-1]
+    assert last.kind in ("run_cancel", "run_end")
+    if last.kind == "run_cancel":
+        assert all(e.t <= at + 1e-9 for e in report.trace.events)
+        sent = len(report.trace.of("request_sent"))
+        closed = len(report.trace.of("request_end")) + len(report.trace.of("request_cancel"))
+        assert sent == closed
+
+
+@ENOUGH
+@given(graphs(fn_nodes=True), st.floats(0, 5))
+def test_8_a_consumer_going_away_cancels_the_run(g, at):
+    backend = sf.SimBackend.for_graph(g)
+
+    class Gone(Exception):
+        pass
+
+    async def leave(run: sf.Run) -> None:
+        await trio.sleep(at)
+        raise Gone
+
+    with pytest.raises(Gone):
+        run_virtual(g, backend=backend, during=leave)
+    assert backend.active == 0
+
+
+# 9. Failure ------------------------------------------------------------------------------
+
+
+def _llm_names(g: sf.FrozenGraph) -> list[str]:
+    return [n.name for n in g.llm_nodes()]
+
+
+@ENOUGH
+@given(graphs(), st.data())
+def test_9_a_failing_node_ends_the_run_with_an_error_naming_it(g, data):
+    victim = data.draw(st.sampled_from(_llm_names(g)))
+    backend = FlakyBackend(sf.SimBackend.for_graph(g), {victim: 0})
+    sim = backend.inner
+    with pytest.raises(sf.NodeError) as info:
+        run_virtual(g, backend=backend)
+    assert info.value.node == victim
+    assert f"node '{victim}' failed" in str(info.value)
+    assert sim.active == 0
+
+
+@ENOUGH
+@given(graphs(), st.data())
+def test_9_a_dropped_node_lets_the_rest_go_on(g, data):
+    victim = data.draw(st.sampled_from(_llm_names(g)))
+    b = sf.Graph("copy")
+    # rebuild with on_error="drop" on the victim
+    for name in g.order:
+        node = g.nodes[name]
+        if isinstance(node, sf.InputNode):
+            b.input(name)
+        elif isinstance(node, sf.OutputNode):
+            b.output(name)
+        else:
+            assert isinstance(node, sf.LLMNode)
+            b.llm(name, join=node.join, sim=dict(node.sim), max_tokens=node.max_tokens,
+                  steps=list(node.steps), on_error="drop" if name == victim else "fail")
+    for e in g.edges:
+        b.connect(e.src, e.dst, e.trigger)
+    g2 = b.build()
+    backend = FlakyBackend(sf.SimBackend.for_graph(g2), {victim: 0})
+    # which nodes must fail: the victim's failure spreads only to nodes left with no input
+    failed = {victim}
+    for name in g2.order:
+        ins = {e.src for e in g2.inputs_of(name)}
+        if ins and ins <= failed:
+            failed.add(name)
+    if failed == {victim}:
+        report = run_virtual(g2, backend=backend)
+        err = report.trace.of("node_error")
+        assert [e.node for e in err] == [victim] and err[0].data["dropped"]
+        ended = {e.node for e in report.trace.of("node_end")}
+        assert ended == set(g2.nodes) - {victim}
+        # after the drop, nobody's prompt holds the victim's text: it produced none
+        assert report.nodes[victim].tokens == 0
+    else:
+        with pytest.raises(sf.NodeError) as info:
+            run_virtual(g2, backend=backend)
+        assert info.value.node in failed - {victim}
+    assert backend.inner.active == 0
+
+
+# 10. Backpressure ------------------------------------------------------------------------
+
+
+async def slow_consumer(inputs: sf.Inputs):
+    async for step in inputs:
+        await trio.sleep(30)  # busy between steps
+        yield "".join(step.new.values())
+
+
+@ENOUGH
+@given(graphs(max_layers=2), st.integers(1, 4))
+def test_10_a_slow_consumer_bounds_what_is_buffered_on_its_edges(g, cap):
+    # put a slow fn node between the last llm node and the output
+    b = sf.Graph("bp", edge_buffer=cap)
+    for name in g.order:
+        node = g.nodes[name]
+        if isinstance(node, sf.InputNode):
+            b.input(name)
+        elif isinstance(node, sf.LLMNode):
+            b.llm(name, join=node.join, sim=dict(node.sim), max_tokens=node.max_tokens,
+                  steps=list(node.steps))
+    last = g.inputs_of(g.output)[0].src
+    b.fn("slow", slow_consumer)
+    b.output("out")
+    for e in g.edges:
+        if e.dst != g.output:
+            b.connect(e.src, e.dst, e.trigger)
+    b.connect(last, "slow", sf.tokens(1))
+    b.connect("slow", "out")
+    g2 = b.build()
+    report = run_virtual(g2)
+    check_conservation(report)
+    # replay the trace: while 'slow' is busy between steps, at most `cap` chunks queue for it
+    # (while it waits for a step it takes everything: a join must never deadlock on a full
+    # buffer)
+    queued, busy = 0, False
+    for e in report.trace.events:
+        if e.kind == "chunk" and e.data["edge"] == [last, "slow"]:
+            queued += 1
+            assert not busy or queued <= cap, f"{queued} chunks queued with edge_buffer={cap}"
+        elif e.kind == "step_start" and e.node == "slow":
+            queued -= e.data["consumed"].get(last, 0)
+            busy = True
+        elif e.kind == "step_wait" and e.node == "slow":
+            busy = False
+    # and the bound really held the producer back: it could not finish while 'slow' slept
+    steps = report.trace.of("step_start", "slow")
+    produced = sum(1 for e in report.trace.of("chunk") if e.data["edge"] == [last, "slow"])
+    if produced > steps[0].data["consumed"].get(last, 0) + cap:
+        assert report.nodes[last].done_s >= 30
