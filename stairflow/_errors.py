@@ -1,7 +1,7 @@
 """The one exception tree of stairflow.
 
     StairflowError                 base of everything stairflow raises on purpose
-    ├── GraphError                 the graph as declared is wrong (names the node or edge, and the fix)
+    ├── GraphError                 the graph as declared is wrong (names node or edge, and the fix)
     │   └── GraphFileError         ... and it came from a graph file (names the file too)
     ├── ConfigError                a bad option or combination of options (CLI, run arguments)
     ├── RunError                   a run failed

@@ -11,10 +11,10 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import networkx as nx
 
@@ -22,9 +22,6 @@ from ._errors import GraphError
 from ._joins import Join, parse_join
 from ._prompts import check_template
 from ._triggers import Trigger, complete, parse_trigger, tokens
-
-if TYPE_CHECKING:
-    from ._runtime.inbox import Inputs
 
 __all__ = [
     "DEFAULT_TRIGGER",
@@ -38,7 +35,8 @@ __all__ = [
     "OutputNode",
 ]
 
-FnCallable: TypeAlias = "Callable[[Inputs], AsyncIterator[str]]"
+# an async generator function taking the node's `Inputs` (typed in the runtime) and yielding text
+FnCallable: TypeAlias = Callable[[Any], AsyncGenerator[str, None]]
 Mode = Literal["staircase", "normal"]
 
 DEFAULT_TRIGGER = tokens([8, 16, 32, 64])
@@ -271,7 +269,8 @@ class Graph:
         unknown = sorted(set(self.defaults) - set(_LLM_FIELDS))
         if unknown:
             raise GraphError(
-                f"{where}: unknown default {unknown[0]!r}; defaults may set {', '.join(_LLM_FIELDS)}"
+                f"{where}: unknown default {unknown[0]!r}; defaults may set "
+                f"{', '.join(_LLM_FIELDS)}"
             )
 
     def _make_node(self, name: str, spec: dict[str, Any], where: str) -> Node:
@@ -306,8 +305,9 @@ class Graph:
         at = f"{where}, edge {src} -> {dst}"
         for end in (src, dst):
             if end not in nodes:
-                close = difflib.get_close_matches(str(end), list(nodes), n=1)
-                hint = f"did you mean '{close[0]}'?" if close else "declare it as a node"
+                close = difflib.get_close_matches(str(end), list(nodes), n=1, cutoff=0.5)
+                hint = (f"did you mean '{close[0]}'?" if close
+                        else "declare it as a node or fix the name")
                 raise GraphError(f"{at}: unknown node '{end}'; {hint}")
         if dag.has_edge(src, dst):
             raise GraphError(f"{at} is declared twice; keep one")
@@ -389,7 +389,8 @@ def _check_sim(sim: Mapping[str, Any], at: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for key, value in sim.items():
         if key not in SIM_KEYS:
-            raise GraphError(f"{at}: unknown sim setting {key!r}; use {', '.join(sorted(SIM_KEYS))}")
+            known = ", ".join(sorted(SIM_KEYS))
+            raise GraphError(f"{at}: unknown sim setting {key!r}; use {known}")
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise GraphError(f"{at}: sim {key} = {value!r} must be a number")
         if key in ("prefill_tps", "decode_tps") and value <= 0:

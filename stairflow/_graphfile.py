@@ -110,7 +110,10 @@ def graph_from_data(data: dict[str, Any], base: Path = Path()) -> FrozenGraph:
         given = {k: v for k, v in node.model_dump(exclude={"kind"}).items() if v is not None}
         extra = sorted(set(given) - _ONLY[node.kind])
         if extra:
-            raise GraphError(f"nodes.{name}: field {extra[0]!r} does not apply to a {node.kind} node")
+            raise GraphError(
+                f"nodes.{name}: field {extra[0]!r} does not apply to an {node.kind} node; "
+                "remove it"
+            )
         if node.kind == "input":
             g.input(name)
         elif node.kind == "output":

@@ -115,8 +115,11 @@ class _Regex(Trigger):
     label: str = ""
 
     def boundary(self, buf: Buffer) -> int | None:
+        # A match is trusted only once some text follows it: with more text, a match at the
+        # very end could grow ("\n" -> "\n\n") or vanish ("and" -> "android"), and chunks must
+        # not depend on how the stream happened to be split into tokens.
         m = re.search(self.pattern, buf.text)
-        return m.end() if m and m.end() > 0 else None
+        return m.end() if m and 0 < m.end() < len(buf.text) else None
 
     def describe(self) -> str:
         return self.label or f"regex({self.pattern!r})"
@@ -180,7 +183,8 @@ def paragraph() -> Trigger:
 
 
 def regex(pattern: str) -> Trigger:
-    """A chunk ends after each match of ``pattern`` (the first, shortest match found)."""
+    """A chunk ends after each match of ``pattern``, cut once the next character has arrived
+    (so a match at the end of the text so far can still grow or vanish)."""
     try:
         compiled = re.compile(pattern)
     except re.error as exc:

@@ -36,12 +36,15 @@ __all__ = ["SimBackend", "SimTiming", "count_tokens", "sim_tokens"]
 MESSAGE_OVERHEAD = 3
 
 _WORDS = (
-    "the light of a clear sky is scattered by air so that blue waves reach us from every "
-    "direction while red ones pass straight through which is why sunsets glow and noon looks "
-    "pale this answer is simulated text from a timing model not a real model so its words "
-    "carry no meaning but its tokens and timings follow the graph exactly each agent writes "
-    "at its own pace and the staircase lets the next one start early"
-).split()
+    "the", "light", "of", "a", "clear", "sky", "is", "scattered", "by", "air", "so", "that",
+    "blue", "waves", "reach", "us", "from", "every", "direction", "while", "red", "ones",
+    "pass", "straight", "through", "which", "is", "why", "sunsets", "glow", "and", "noon",
+    "looks", "pale", "this", "answer", "is", "simulated", "text", "from", "a", "timing",
+    "model", "not", "a", "real", "model", "so", "its", "words", "carry", "no", "meaning",
+    "but", "its", "tokens", "and", "timings", "follow", "the", "graph", "exactly", "each",
+    "agent", "writes", "at", "its", "own", "pace", "and", "the", "staircase", "lets", "the",
+    "next", "one", "start", "early",
+)
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,8 @@ class Inbox:
         """When a straggler timeout lets the node proceed anyway (None: never)."""
         if self.join.max_wait_s is None:
             return None
-        times = [p.since for p in self._ports.values() if self._is_pending(p) and p.since is not None]
+        ports = self._ports.values()
+        times = [p.since for p in ports if self._is_pending(p) and p.since is not None]
         return max(ready_since, min(times)) + self.join.max_wait_s if times else None
 
     @property

@@ -42,11 +42,12 @@ class Emitter:
 
     async def _send(self, out: _Out, piece: Piece) -> None:
         await out.sink.put(out.edge.src, piece)
+        t0 = self.trace.t0
         self.trace.record(
             "chunk", self.node, edge=[out.edge.src, out.edge.dst], index=out.sent,
             text=piece.text, tokens=piece.tokens, last=piece.last,
-            first_token_s=None if piece.first_token_s is None else piece.first_token_s - self.trace.t0,
-            last_token_s=None if piece.last_token_s is None else piece.last_token_s - self.trace.t0,
+            first_token_s=None if piece.first_token_s is None else piece.first_token_s - t0,
+            last_token_s=None if piece.last_token_s is None else piece.last_token_s - t0,
         )
         out.sent += 1
 

@@ -119,8 +119,8 @@ class Inputs:
 
     async def collect(self) -> Step:
         """Wait for every input to end; the final step (``.text`` holds everything)."""
-        step = None
+        last = None
         async for step in self:
-            pass
-        assert step is not None
-        return step
+            last = step
+        assert last is not None
+        return last

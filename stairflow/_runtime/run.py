@@ -20,8 +20,8 @@ import trio.testing
 from .._backends.base import Backend
 from .._backends.sim import SimBackend
 from .._errors import ConfigError, InternalError, NodeError, StairflowError
-from .._joins import join_any
 from .._graph import FnNode, FrozenGraph, Graph, InputNode, LLMNode, Mode, OutputNode
+from .._joins import join_any
 from .._metrics import Report
 from .._trace import Event, Trace
 from .clock import is_virtual
@@ -145,7 +145,7 @@ class Run:
             else:
                 await self._body(name)()
                 await emitter.close()
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a NodeError
+        except Exception as exc:
             self._fail(name, _unwrap(exc))
             return
         finally:

@@ -140,7 +140,8 @@ def moa_graphs(draw: st.DrawFn, *, max_width: int = 4) -> FrozenGraph:
         g.llm(p, sim=sim, max_tokens=draw(st.integers(1, 48)))
     agg_sim = draw(dyadic_timings())
     # unfinished-reference markers cost 4 words per reference; prefill must outpace decode
-    agg_sim["prefill_tps"] = max(agg_sim["prefill_tps"], 2.0 ** (int(4 * n * max(decodes)) - 1).bit_length())
+    floor = 2.0 ** (int(4 * n * max(decodes)) - 1).bit_length()
+    agg_sim["prefill_tps"] = max(agg_sim["prefill_tps"], floor)
     g.llm("agg", sim=agg_sim, join=draw(_join(n, True)), prompt="moa-aggregate",
           steps=draw(st.lists(st.integers(1, 16), min_size=1, max_size=3)))
     g.connect("q", props)

@@ -52,7 +52,8 @@ def open_virtual_run(
     """`open_run` with the simulated backend; use inside a test already running on a
     `MockClock` (e.g. ``trio.run(main, clock=MockClock(autojump_threshold=0))``)."""
     frozen = prepare(graph, kwargs.pop("mode", "staircase"))
-    backend = kwargs.pop("backend", None) or SimBackend.for_graph(frozen, kwargs.pop("timing", None))
+    timing = kwargs.pop("timing", None)
+    backend = kwargs.pop("backend", None) or SimBackend.for_graph(frozen, timing)
     return open_run(frozen, message, backend=backend, **kwargs)
 
 

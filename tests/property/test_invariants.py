@@ -5,6 +5,7 @@ Each test says which invariant it proves; together they run several hundred rand
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from typing import Any
@@ -15,7 +16,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import stairflow as sf
-from stairflow._triggers import Cutter
 from stairflow.testing import FlakyBackend, graphs, moa_graphs, run_virtual
 from stairflow.testing._strategies import concat_at_end
 from stairflow.testing._virtual import check_conservation
@@ -56,7 +56,7 @@ def test_2_every_chunk_but_the_last_satisfies_its_trigger(g):
     edges = {(e.src, e.dst): e for e in g.edges}
     for key, events in chunks_by_edge(report).items():
         trigger = edges[key].trigger
-        for e, following in zip(events, events[1:]):
+        for e, following in itertools.pairwise(events):
             d = e.data
             assert d["text"], f"{key}: empty chunk before the end"
             if isinstance(trigger, sf.Trigger) and trigger.describe().startswith("tokens"):

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import pytest
+
+import stairflow as sf
+from stairflow._core.inbox import Inbox
+from stairflow._joins import parse_join
+
+
+@pytest.mark.parametrize(
+    ("join", "pending", "candidates", "ok"),
+    [
+        (sf.join_all(), 2, 3, False), (sf.join_all(), 3, 3, True), (sf.join_all(), 0, 0, False),
+        (sf.join_any(), 1, 3, True), (sf.join_any(), 0, 3, False),
+        (sf.quorum(2), 1, 3, False), (sf.quorum(2), 2, 3, True), (sf.quorum(3), 1, 1, True),
+    ],
+)
+def test_join_rules(join, pending, candidates, ok):
+    assert join.satisfied(pending, candidates) is ok
+
+
+@pytest.mark.parametrize(
+    "value", ["all", "any", {"quorum": 2}, {"quorum": 1, "max_wait_s": 0.5},
+              {"policy": "all", "max_wait_s": 1.0}])
+def test_join_config_round_trip(value):
+    assert parse_join(value).to_config() == value
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("most", "unknown join 'most'"), ({"quorum": 0}, "quorum(0): k must be a whole number >= 1"),
+     ({"policy": "all", "max_wait_s": -1}, "max_wait_s=-1: must be a number of seconds > 0")],
+)
+def test_bad_joins(value, message):
+    with pytest.raises(sf.GraphError) as info:
+        parse_join(value)
+    assert str(info.value).startswith(message)
+
+
+def test_inbox_all_waits_for_every_open_input_and_coalesces():
+    box = Inbox(["a", "b"], sf.join_all())
+    box.put("a", "x", False, 1.0)
+    box.put("a", "y", False, 2.0)
+    assert not box.ready()
+    box.put("b", "z", False, 3.0)
+    assert box.ready()
+    step = box.consume()
+    assert dict(step.new) == {"a": "xy", "b": "z"}
+    assert dict(step.chunks) == {"a": 2, "b": 1}
+    assert not step.final and not box.ready()
+
+
+def test_inbox_ended_input_stops_being_waited_for():
+    box = Inbox(["a", "b"], sf.join_all())
+    box.put("a", "done", True, 1.0)
+    box.put("b", "1", False, 1.0)
+    step = box.consume()
+    assert step.finished == {"a"} and not step.final
+    box.put("b", "2", False, 2.0)
+    assert box.ready()  # only b is still a candidate
+    box.consume()
+    box.put("b", "", True, 3.0)
+    last = box.consume()
+    assert last.final and box.exhausted and dict(last.text) == {"a": "done", "b": "12"}
+
+
+def test_inbox_straggler_deadline_counts_from_ready_or_first_arrival():
+    box = Inbox(["a", "b"], sf.join_all(max_wait_s=2.0))
+    assert box.wait_deadline(5.0) is None  # nothing pending: no timeout
+    box.put("a", "x", False, 1.0)
+    assert box.wait_deadline(0.0) == 3.0
+    assert box.wait_deadline(4.0) == 6.0
+
+
+def test_inbox_drop_forgets_text_and_lets_the_others_go_on():
+    box = Inbox(["a", "b"], sf.join_all())
+    box.put("a", "secret", False, 1.0)
+    box.drop("a", 2.0)
+    box.put("b", "1", False, 2.0)
+    step = box.consume()
+    assert step.dropped == {"a"} and "a" not in step.text and not box.all_dropped
+
+
+def test_inbox_rejects_chunks_after_the_last():
+    box = Inbox(["a"], sf.join_all())
+    box.put("a", "", True, 0.0)
+    with pytest.raises(sf.InternalError):
+        box.put("a", "late", False, 1.0)
