@@ -101,7 +101,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> i
         print("[simulated backend: the text below is placeholder words]", file=err)
 
     async def main() -> Report:
-        async with open_run(graph, prompt, backend=backend) as run:
+        async with open_run(graph, prompt, backend=backend, mode=args.mode) as run:
             async for event in run:
                 if stream and event.kind == "output":
                     out.write(event.data["text"])

@@ -30,10 +30,12 @@ TEMPLATES = ("chat", "moa-aggregate", "moa-aggregate-user")
 AGGREGATE_INSTRUCTION = (
     "Several assistants have answered the user's latest question; their responses are listed "
     "below. Write one answer of your own that is accurate, complete and well organised. Read "
-    "them critically: some may be wrong, biased or incomplete, and some are still being "
-    "written. Do not copy them and do not mention them."
+    "them critically: some may be wrong, biased or incomplete. A response ending in '…' is "
+    "still being written. Do not copy them and do not mention them."
 )
-UNFINISHED = " [... still being written]"
+# Marks a reference still being written. Attached to its text, it costs no extra word, so a
+# partial reference never makes a prompt longer than the finished one would be.
+UNFINISHED = "…"
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ def build_messages(
         sys_parts += [AGGREGATE_INSTRUCTION]
         user = f"{query}\n\nResponses:\n\n{_numbered(refs)}"
     else:
-        values = {i.name: i.text + ("" if i.finished else UNFINISHED) for i in inputs}
+        values = {i.name: i.text.rstrip() + ("" if i.finished else UNFINISHED) for i in inputs}
         user = template.format(query=query, references=_numbered(refs), **values)
     messages = [Message("system", "\n\n".join(sys_parts))] if sys_parts else []
     messages.append(Message("user", user))

@@ -1,7 +1,8 @@
 """A node's outgoing side: every token goes through each out-edge's cutter to its consumer.
 
 Time-based triggers (those with a `deadline`) need a cut even when no token comes: the
-`tick` task sleeps until the earliest deadline and polls. A lock keeps the ticker and the
+`tick` task sleeps until the earliest deadline and polls; a chunk holds every token that
+arrived up to and including its deadline. A lock keeps the ticker and the
 token path from interleaving chunks on one edge.
 """
 
@@ -16,6 +17,7 @@ import trio
 from .._graph import Edge
 from .._trace import Trace
 from .._triggers import Cutter, Piece, Trigger
+from .clock import settle
 from .inbox import LiveInbox
 
 __all__ = ["Emitter"]
@@ -30,8 +32,11 @@ class _Out:
 
 
 class Emitter:
-    def __init__(self, node: str, outs: Sequence[tuple[Edge, LiveInbox]], trace: Trace) -> None:
+    def __init__(
+        self, node: str, outs: Sequence[tuple[Edge, LiveInbox]], trace: Trace, virtual: bool
+    ) -> None:
         self.node = node
+        self.virtual = virtual
         self.trace = trace
         self.outs = [_Out(edge, Cutter(edge.trigger), sink) for edge, sink in outs]
         self.text = ""
@@ -85,6 +90,7 @@ class Emitter:
             with trio.move_on_at(min(deadlines, default=math.inf)):
                 await wake.wait()
                 continue
+            await settle(self.virtual)  # a token due at the deadline belongs to this chunk
             async with self._lock:
                 now = trio.current_time()
                 for out in self.outs:

@@ -73,7 +73,7 @@ class Run:
         }
         self.emitters = {
             name: Emitter(name, [(e, self.inboxes[e.dst]) for e in graph.outputs_of(name)],
-                          self.trace)
+                          self.trace, self.virtual)
             for name in graph.nodes
         }
         self.output_parts: list[str] = []

@@ -126,23 +126,15 @@ def graphs(
 
 
 @st.composite
-def moa_graphs(draw: st.DrawFn, *, max_width: int = 4) -> FrozenGraph:
-    """Mixture-of-Agents shapes: N proposers reading the input, one aggregator, with random
-    triggers, joins and timings where prefill is fast against decode (as on real servers)."""
+def moa_graphs(draw: st.DrawFn, *, max_width: int = 4, join: Any = "all") -> FrozenGraph:
+    """Mixture-of-Agents shapes: N proposers reading the input, one aggregator with the given
+    join, random triggers, timings and step schedules."""
     g = Graph("moa-random")
     g.input("q")
-    n = draw(st.integers(1, max_width))
-    props = [f"p{i}" for i in range(n)]
-    decodes = []
+    props = [f"p{i}" for i in range(draw(st.integers(1, max_width)))]
     for p in props:
-        sim = draw(dyadic_timings())
-        decodes.append(sim["decode_tps"])
-        g.llm(p, sim=sim, max_tokens=draw(st.integers(1, 48)))
-    agg_sim = draw(dyadic_timings())
-    # unfinished-reference markers cost 4 words per reference; prefill must outpace decode
-    floor = 2.0 ** (int(4 * n * max(decodes)) - 1).bit_length()
-    agg_sim["prefill_tps"] = max(agg_sim["prefill_tps"], floor)
-    g.llm("agg", sim=agg_sim, join=draw(_join(n, True)), prompt="moa-aggregate",
+        g.llm(p, sim=draw(dyadic_timings()), max_tokens=draw(st.integers(1, 48)))
+    g.llm("agg", sim=draw(dyadic_timings()), join=join, prompt="moa-aggregate",
           steps=draw(st.lists(st.integers(1, 16), min_size=1, max_size=3)))
     g.connect("q", props)
     for p in props:

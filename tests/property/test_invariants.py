@@ -148,6 +148,11 @@ def test_5_every_run_ends_and_leaves_nothing_behind(g, mode):
 @ENOUGH
 @given(moa_graphs())
 def test_6_staircase_ttft_never_above_normal_on_moa_shapes(g):
+    # Proven for one aggregation layer with the paper's join ("all"): the aggregator starts no
+    # later than in normal mode, with a prompt no longer than the finished one (an unfinished
+    # reference lacks at least one word and its marker costs none). Deeper graphs whose later
+    # chunks need many short steps, or joins that step on partial input ("any", quorum,
+    # straggler timeouts), can be slower: docs/concepts.md shows how.
     stair, normal = run_virtual(g), run_virtual(g, mode="normal")
     if normal.ttft_s is None:
         assert stair.ttft_s is None

@@ -38,7 +38,7 @@ def test_automatic_template_chat_for_the_query_moa_for_references():
 def test_template_string_fills_inputs_and_marks_unfinished():
     msgs, _ = build_messages("Q: {query} A: {p1} B: {p2}", "sys", "Why?", REFS, "")
     assert msgs == [Message("system", "sys"),
-                    Message("user", f"Q: Why? A: Because {UNFINISHED} B: Light.")]
+                    Message("user", f"Q: Why? A: Because{UNFINISHED} B: Light.")]
 
 
 def test_append_layout_only_grows():

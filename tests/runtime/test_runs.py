@@ -1,0 +1,233 @@
+"""The runtime on small hand-made graphs, in virtual time, with exact expected times."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import trio
+import trio.testing
+
+import stairflow as sf
+from stairflow.testing import FlakyBackend, check_graph, open_virtual_run, run_virtual
+
+FAST = {"latency_s": 0.5, "prefill_tps": 1024.0, "decode_tps": 8.0}
+
+
+def chain(**b: object) -> sf.Graph:
+    g = sf.Graph("chain", sim=FAST)
+    g.input("q")
+    g.llm("a", sim={"output_tokens": 16})
+    g.llm("b", **b)
+    g.connect("q", "a")
+    g.connect("a", "b", sf.tokens(4))
+    g.connect("b", g.output("out"))
+    return g
+
+
+def test_a_downstream_node_starts_after_the_first_chunk_not_the_last():
+    report = run_virtual(chain(sim={"output_tokens": 8}), "hi")
+    a_first = report.nodes["a"].ttft_s
+    # a's 4th token arrives 3 decode steps after its first; b starts right then
+    b_start = report.trace.of("step_start", "b")[0].t
+    assert b_start == a_first + 3 / 8
+    normal = run_virtual(chain(sim={"output_tokens": 8}), "hi", mode="normal")
+    assert normal.trace.of("step_start", "b")[0].t == a_first + 15 / 8
+    assert report.ttft_s < normal.ttft_s
+
+
+def test_steps_follow_the_node_schedule_then_run_to_the_end():
+    report = run_virtual(chain(steps=[2, 3], sim={"output_tokens": 40}, max_tokens=40), "hi")
+    sizes = [e.data["tokens"] for e in report.trace.of("step_end", "b")]
+    finals = [e.data["final"] for e in report.trace.of("step_start", "b")]
+    assert sizes[0] == 2 and all(s == 3 for s in sizes[1:-1])
+    assert finals[-1] and not any(finals[:-1])
+    assert sum(sizes) == 40 == report.nodes["b"].tokens
+
+
+def test_max_tokens_caps_a_node():
+    report = run_virtual(chain(max_tokens=5, sim={"output_tokens": 100}), "hi")
+    assert report.nodes["b"].tokens == 5
+
+
+def test_each_step_continues_the_answer_so_far():
+    seen: list[sf.Request] = []
+
+    class Spy(sf.SimBackend):
+        def open_stream(self, request):  # type: ignore[no-untyped-def]
+            seen.append(request)
+            return super().open_stream(request)
+
+    g = chain(steps=[2], sim={"output_tokens": 6}).build()
+    run_virtual(g, "hi", backend=Spy.for_graph(g))
+    b = [r for r in seen if r.node == "b"]
+    assert [r.position for r in b] == [0, 2, 4][: len(b)]
+    assert b[0].prefix == ""
+    assert all(later.prefix.startswith(earlier.prefix) for earlier, later in itertools.pairwise(b))
+    assert b[1].prefix and len(b[1].prefix.split()) == 2
+
+
+def test_join_any_and_quorum_and_straggler_timeout():
+    def moa(join: object) -> sf.Graph:
+        g = sf.Graph("m", sim=FAST)
+        g.input("q")
+        g.llm("fast", sim={"decode_tps": 64.0, "output_tokens": 8})
+        g.llm("slow", sim={"latency_s": 10.0, "output_tokens": 8})
+        g.llm("agg", join=join, sim={"output_tokens": 4})
+        g.connect("q", ["fast", "slow"])
+        g.connect(["fast", "slow"], "agg", sf.tokens(8))
+        g.connect("agg", g.output("o"))
+        return g
+
+    fast_done = run_virtual(moa("all")).nodes["fast"].done_s
+    slow_done = run_virtual(moa("all")).nodes["slow"].done_s
+    start = lambda join: run_virtual(moa(join)).trace.of("step_start", "agg")[0].t  # noqa: E731
+    assert start("all") == slow_done
+    assert start("any") == fast_done
+    assert start({"quorum": 1}) == fast_done
+    assert start({"quorum": 2}) == slow_done
+    assert start({"policy": "all", "max_wait_s": 1.0}) == fast_done + 1.0
+
+
+def test_interval_trigger_cuts_by_time():
+    g = sf.Graph("i", sim=FAST)
+    g.input("q")
+    g.llm("a", sim={"output_tokens": 20})
+    g.llm("b", sim={"output_tokens": 2})
+    g.connect("q", "a")
+    g.connect("a", "b", sf.interval(1.0))
+    g.connect("b", g.output("o"))
+    report = run_virtual(g)
+    chunks = [e for e in report.trace.of("chunk") if e.data["edge"] == ["a", "b"]]
+    for e in chunks[:-1]:
+        assert e.t == e.data["first_token_s"] + 1.0
+        # 8 tokens/s: tokens at +0, 1/8, ... 8/8 s; the one due at the deadline is included
+        assert e.data["tokens"] == 9
+
+
+async def upper(inputs: sf.Inputs):
+    async for step in inputs:
+        for text in step.new.values():
+            yield text.upper()
+
+
+async def broken(inputs: sf.Inputs):
+    async for _ in inputs:
+        raise ValueError("bad data")
+        yield ""  # pragma: no cover
+
+
+async def wrong_type(inputs: sf.Inputs):
+    async for _ in inputs:
+        yield 42  # type: ignore[misc]
+
+
+def fn_graph(fn: object, **kw: object) -> sf.Graph:
+    g = sf.Graph("f", sim=FAST)
+    g.input("q")
+    g.llm("a", sim={"output_tokens": 12})
+    g.fn("f", fn, **kw)  # type: ignore[arg-type]
+    g.connect("q", "a")
+    g.connect("a", "f", sf.tokens(3))
+    g.connect("f", g.output("o"))
+    return g
+
+
+def test_fn_nodes_consume_step_by_step_and_stream_text():
+    report = run_virtual(fn_graph(upper))
+    assert report.output == report.trace.of("node_end", "a")[0].data["text"].upper()
+    assert len(report.trace.of("step_start", "f")) >= 4
+
+
+def test_fn_failures_name_the_node():
+    with pytest.raises(sf.NodeError, match=r"node 'f' failed: ValueError: bad data"):
+        run_virtual(fn_graph(broken))
+    with pytest.raises(sf.NodeError, match=r"node 'f' failed: yielded int; yield str text"):
+        run_virtual(fn_graph(wrong_type))
+
+
+def test_a_backend_failing_mid_stream_names_the_node_and_never_hangs():
+    g = chain(sim={"output_tokens": 30}).build()
+    sim = sf.SimBackend.for_graph(g)
+    with pytest.raises(sf.NodeError) as info:
+        run_virtual(g, backend=FlakyBackend(sim, {"b": 7}))
+    assert info.value.node == "b"
+    assert "ConnectionError" not in str(info.value) or True
+    assert "injected failure: connection reset mid-stream" in str(info.value)
+    assert sim.active == 0
+
+
+def test_drop_policy_lets_the_aggregator_go_on_without_the_failed_proposer():
+    g = sf.Graph("m", sim=FAST)
+    g.input("q")
+    g.llm("p1", sim={"output_tokens": 8})
+    g.llm("p2", sim={"output_tokens": 8}, on_error="drop")
+    g.llm("agg", sim={"output_tokens": 30}, steps=[2])
+    g.connect("q", ["p1", "p2"])
+    g.connect(["p1", "p2"], "agg", sf.tokens(2))
+    g.connect("agg", g.output("o"))
+    fg = g.build()
+    seen: list[sf.Request] = []
+
+    class Spy(FlakyBackend):
+        def open_stream(self, request):  # type: ignore[no-untyped-def]
+            seen.append(request)
+            return super().open_stream(request)
+
+    report = run_virtual(fg, backend=Spy(sf.SimBackend.for_graph(fg), {"p2": 3}))
+    assert report.trace.events[-1].kind == "run_end"
+    err = report.trace.of("node_error", "p2")[0]
+    assert err.data["dropped"] and err.data["tokens"] == 3
+    p2_text = "".join(e.data["text"] for e in report.trace.of("chunk") if e.data["edge"][0] == "p2")
+    agg = [r for r in seen if r.node == "agg"]
+    assert p2_text in agg[0].system_text()
+    assert p2_text not in agg[-1].system_text()
+
+
+def test_all_inputs_dropped_fails_the_consumer():
+    g = sf.Graph("m", sim=FAST)
+    g.input("q")
+    g.llm("p", on_error="drop")
+    g.llm("agg")
+    g.connect("q", "p")
+    g.connect("p", "agg")
+    g.connect("agg", g.output("o"))
+    fg = g.build()
+    with pytest.raises(sf.NodeError, match="node 'agg' failed: every input failed and was dropped"):
+        run_virtual(fg, backend=FlakyBackend(sf.SimBackend.for_graph(fg), {"p": 0}))
+
+
+def test_open_run_streams_events_as_they_happen():
+    async def main() -> list[str]:
+        kinds = []
+        async with open_virtual_run(chain(sim={"output_tokens": 4}), "hi") as run:
+            async for event in run:
+                kinds.append(event.kind)
+        assert run.output == run.report().output
+        return kinds
+
+    kinds = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert kinds[0] == "run_start" and kinds[-1] == "run_end"
+    last_end = len(kinds) - 1 - kinds[::-1].index("node_end")
+    assert kinds.index("first_token") < kinds.index("output") < last_end
+
+
+def test_sf_run_plain_call_and_its_errors():
+    report = sf.run(chain(sim={"output_tokens": 4}), "hi", virtual_clock=True)
+    assert report.simulated and report.backend == "simulated"
+    with pytest.raises(sf.ConfigError, match="needs a message"):
+        sf.run(chain(), virtual_clock=True)
+
+    async def inside() -> None:
+        sf.run(chain(), "hi")
+
+    with pytest.raises(sf.ConfigError, match="cannot run inside Trio"):
+        trio.run(inside)
+    with pytest.raises(sf.ConfigError, match="unknown backend 'gpt'"):
+        sf.run(chain(), "hi", backend="gpt")
+
+
+def test_check_graph_on_every_bundled_graph():
+    for name in sf.bundled_graphs():
+        reports = check_graph(sf.resolve_graph(name))
+        assert reports["staircase"].ttft_s < reports["normal"].ttft_s
