@@ -39,6 +39,13 @@ def test_example_runs(example):
     assert "[simulated]" in result.stdout  # simulated output says so
 
 
+def test_ttft_benchmark_runs_and_labels_its_figures():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ttft.py")],
+                            capture_output=True, text=True, timeout=300, check=True)
+    assert result.stdout.startswith("[simulated backend")
+    assert "TTFT reduction" in result.stdout
+
+
 @pytest.mark.parametrize("doc", sorted(p.name for p in (ROOT / "docs").glob("*.md")))
 def test_docs_python_blocks_run(doc, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
