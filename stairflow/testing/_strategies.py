@@ -48,7 +48,7 @@ def dyadic_timings() -> st.SearchStrategy[dict[str, float]]:
 
 
 def _join(n_inputs: int, with_wait: bool) -> st.SearchStrategy[Any]:
-    waits = st.sampled_from([0.25, 0.5, 2.0]) if with_wait else st.none()
+    waits = st.one_of(st.none(), st.sampled_from([0.25, 0.5, 2.0])) if with_wait else st.none()
     base = st.sampled_from(["all", "any"]).flatmap(
         lambda p: waits.map(lambda w: p if w is None else {"policy": p, "max_wait_s": w}))
     quorum = st.integers(1, n_inputs).flatmap(

@@ -75,6 +75,23 @@ def test_tokens_n(tokens, n):
     assert len(chunks) == len(tokens) // n + 1
 
 
+@pytest.mark.parametrize(
+    ("trigger", "tokens", "cut_by"),
+    [
+        (sf.tokens(3), ["a", "b", "c", "d"], 2),  # the 3rd token completes the chunk
+        (sf.tokens([1, 2]), ["a", "b", "c"], 0),
+        (sf.sentence(), ["Hi", ".", " Yo"], 2),  # the space after '.' confirms the end
+        (sf.paragraph(), ["a", "\n", "\n", "b"], 3),
+        (sf.regex(";"), ["a", ";", "b"], 2),
+    ],
+    ids=str,
+)
+def test_a_chunk_is_cut_by_the_token_that_completes_it(trigger, tokens, cut_by):
+    c = Cutter(trigger)
+    got = [bool(c.feed(t, float(i))) for i, t in enumerate(tokens)]
+    assert got.index(True) == cut_by
+
+
 def test_growing_schedule_last_size_repeats():
     toks = [str(i % 10) for i in range(40)]
     sizes = [len(c) for c in cut_all(sf.tokens([2, 4, 8]), toks)]
