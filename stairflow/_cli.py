@@ -1,13 +1,14 @@
 """The ``stairflow`` command: run, check, render, list.
 
 Bad input ends with a one-line ``stairflow: error: ...`` on stderr and exit status 2; a run
-that fails ends with exit status 1.
+that fails ends with exit status 1; a bug in stairflow, with one line and exit status 70.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -37,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a graph and stream its answer")
     r.add_argument("graph", help=graph_help)
-    r.add_argument("prompt", nargs="?", help="the message (default: stdin, or the graph's example)")
+    r.add_argument("prompt", nargs="?",
+                   help="the message; '-' reads it from stdin (default: the graph's example)")
     r.add_argument("--mode", choices=["staircase", "normal"], default="staircase")
     r.add_argument("--backend", choices=["sim"], default="sim",
                    help="sim: the simulated backend (placeholder text, modelled timings)")
@@ -59,12 +61,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _prompt(arg: str | None, graph: FrozenGraph, stdin: TextIO) -> str:
+    if arg == "-":
+        text = stdin.read().strip()
+        if not text:
+            raise ConfigError("the message read from stdin is empty")
+        return text
     if arg is not None:
         return arg
-    if not stdin.isatty():
-        text = stdin.read().strip()
-        if text:
-            return text
     if graph.default_input:
         return graph.default_input
     raise ConfigError(f"graph '{graph.name}' has no example message; give one: "
@@ -155,3 +158,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
     except KeyboardInterrupt:
         print("stairflow: interrupted", file=err)
         return 130
+    except Exception as exc:  # a bug: one line, the traceback on request
+        if os.environ.get("STAIRFLOW_DEBUG"):
+            raise
+        print(f"stairflow: internal error: {type(exc).__name__}: {exc} (please report it; "
+              "STAIRFLOW_DEBUG=1 shows the traceback)", file=err)
+        return 70

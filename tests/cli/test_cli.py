@@ -83,6 +83,7 @@ def test_render_with_real_graphviz(tmp_path, fmt):
         (("run",), "stairflow: error: the following arguments are required: graph"),
         (("render", "moa", "-o", "x.gif"), "stairflow: error: cannot render to 'gif'"),
         (("frobnicate",), "stairflow: error: argument command: invalid choice"),
+        (("run", "moa", "-"), "stairflow: error: the message read from stdin is empty"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message):
