@@ -16,6 +16,10 @@ from typing import TextIO
 import trio
 import trio.testing
 
+from ._backends.base import Backend
+from ._backends.local import LOCAL_MODEL, open_local_server
+from ._backends.openai import CONTINUATIONS, PROMPT_FORMATS, OpenAIBackend
+from ._backends.probe import forget_server, probe, remember_server, running_server_url
 from ._errors import ConfigError, RunError, StairflowError
 from ._graph import FrozenGraph
 from ._graphfile import bundled_graphs, resolve_graph
@@ -41,10 +45,22 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("prompt", nargs="?",
                    help="the message; '-' reads it from stdin (default: the graph's example)")
     r.add_argument("--mode", choices=["staircase", "normal"], default="staircase")
-    r.add_argument("--backend", choices=["sim"], default="sim",
-                   help="sim: the simulated backend (placeholder text, modelled timings)")
+    r.add_argument("--backend", choices=["local", "openai", "sim"],
+                   help="local: the embedded llama.cpp model (default); openai: any "
+                        "OpenAI-compatible server (--base-url); sim: the simulated backend")
+    r.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://host:8000/v1 "
+                                      "(implies --backend openai; overrides the graph)")
+    r.add_argument("--model", help="model name at the endpoint (overrides the graph)")
+    r.add_argument("--api-key-env", metavar="VAR",
+                   help="name of the environment variable holding the API key")
+    r.add_argument("--continuation", choices=list(CONTINUATIONS),
+                   help="how to continue a partial answer (see 'stairflow probe')")
+    r.add_argument("--prompt-format", choices=list(PROMPT_FORMATS),
+                   help="prompt rendering for --continuation completions")
+    r.add_argument("--max-tokens", type=int, metavar="N", help="cap every node's answer")
     r.add_argument("--virtual-clock", action="store_true",
-                   help="run the simulated backend in virtual time: exact, no waiting")
+                   help="run the simulated backend in virtual time: exact, no waiting "
+                        "(implies --backend sim)")
     r.add_argument("--trace", metavar="FILE", help="write the run's trace as JSON")
     r.add_argument("--json", action="store_true", help="print one JSON report instead")
 
@@ -57,6 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--format", choices=FORMATS, help="format (default: from the file suffix)")
 
     sub.add_parser("list", help="list the bundled graphs")
+
+    sv = sub.add_parser("serve", help="keep the local model server running for later runs")
+    sv.add_argument("--port", type=int, default=8088)
+
+    pr = sub.add_parser("probe", help="find how an endpoint can continue a partial answer")
+    pr.add_argument("base_url", help="e.g. http://127.0.0.1:8080/v1")
+    pr.add_argument("--model", required=True)
+    pr.add_argument("--api-key-env", metavar="VAR")
     return p
 
 
@@ -93,23 +117,56 @@ def _summary(report: Report, virtual: bool) -> str:
     return "\n".join(lines)
 
 
+def _backend_kind(args: argparse.Namespace) -> str:
+    kind: str = args.backend or ("sim" if args.virtual_clock else
+                                 "openai" if args.base_url else "local")
+    if args.virtual_clock and kind != "sim":
+        raise ConfigError("--virtual-clock needs the simulated backend (--backend sim)")
+    if kind == "openai" and not args.base_url:
+        raise ConfigError("--backend openai needs --base-url (and usually --model)")
+    return kind
+
+
+def _openai(args: argparse.Namespace, graph: FrozenGraph, url: str | None,
+            model: str | None, **defaults: str) -> Backend:
+    return OpenAIBackend.for_graph(
+        graph, base_url=url, model=model, api_key_env=args.api_key_env,
+        continuation=args.continuation or defaults.get("continuation"),  # type: ignore[arg-type]
+        prompt_format=args.prompt_format or defaults.get("prompt_format"))
+
+
 def _run(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     graph = resolve_graph(args.graph).with_mode(args.mode)
+    if args.max_tokens is not None:
+        graph = graph.capped(args.max_tokens)
     prompt = _prompt(args.prompt, graph, stdin)
-    backend = resolve_backend(args.backend, graph)
-    if args.virtual_clock and not backend.simulated:
-        raise ConfigError("--virtual-clock needs the simulated backend (--backend sim)")
+    kind = _backend_kind(args)
     stream = not args.json
-    if stream and backend.simulated:
+    if stream and kind == "sim":
         print("[simulated backend: the text below is placeholder words]", file=err)
+    if stream and kind == "local":
+        print(f"[local model {LOCAL_MODEL} (a small base model): weak answers, real tokens and "
+              "timings]", file=err)
 
-    async def main() -> Report:
+    async def run_with(backend: Backend) -> Report:
         async with open_run(graph, prompt, backend=backend, mode=args.mode) as run:
             async for event in run:
                 if stream and event.kind == "output":
                     out.write(event.data["text"])
                     out.flush()
         return run.report()
+
+    async def main() -> Report:
+        if kind == "sim":
+            return await run_with(resolve_backend("sim", graph))
+        if kind == "openai":
+            return await run_with(_openai(args, graph, args.base_url, args.model))
+        local = {"continuation": "completions", "prompt_format": "document"}
+        url = await running_server_url()
+        if url is not None:
+            return await run_with(_openai(args, graph, url, LOCAL_MODEL, **local))
+        async with open_local_server() as server:
+            return await run_with(_openai(args, graph, server.base_url, LOCAL_MODEL, **local))
 
     clock = trio.testing.MockClock(autojump_threshold=0) if args.virtual_clock else None
     report = trio.run(main, clock=clock)
@@ -133,6 +190,30 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace, out: TextIO) -> int:
+    async def main() -> None:
+        async with open_local_server(port=args.port) as server:
+            remember_server(server)
+            print(f"serving {server.model} at {server.base_url} (Ctrl-C to stop); "
+                  f"'stairflow run' reuses it", file=out, flush=True)
+            try:
+                await trio.sleep_forever()
+            finally:
+                forget_server()
+
+    trio.run(main)
+    return 0
+
+
+def _probe(args: argparse.Namespace, out: TextIO) -> int:
+    results = trio.run(probe, args.base_url, args.model, args.api_key_env)
+    for name, (ok, detail) in results.items():
+        print(f"{name:14} {'works' if ok else 'no':6} {detail}", file=out)
+    best = next((n for n, (ok, _) in results.items() if ok), None)
+    print(f"use: --continuation {best}" if best else "no way to continue works here", file=out)
+    return 0 if best else 1
+
+
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
          err: TextIO | None = None, stdin: TextIO | None = None) -> int:
     out, err, stdin = out or sys.stdout, err or sys.stderr, stdin or sys.stdin
@@ -142,6 +223,10 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
             return _run(args, out, err, stdin)
         if args.command == "check":
             return _check(args, out)
+        if args.command == "serve":
+            return _serve(args, out)
+        if args.command == "probe":
+            return _probe(args, out)
         if args.command == "render":
             path = render(resolve_graph(args.graph), args.output, args.format)
             print(f"wrote {path}", file=out)

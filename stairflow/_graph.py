@@ -76,6 +76,11 @@ class LLMNode:
     on_error: Literal["fail", "drop"] = "fail"
     context: Literal["rebuild", "append"] = "rebuild"
     sim: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    # where the model lives (OpenAI-compatible backend); None: the run's default endpoint
+    base_url: str | None = None
+    api_key_env: str | None = None  # the *name* of the environment variable with the key
+    continuation: str | None = None  # "chat-prefix" | "completions" | "chat-restate"
+    prompt_format: str | None = None  # for "completions": gemma | chatml | llama3 | document
     kind: Literal["llm"] = "llm"
 
     def step_budget(self, step: int) -> int:
@@ -112,8 +117,10 @@ class Edge:
 
 _LLM_FIELDS = (
     "model", "system", "prompt", "temperature", "max_tokens", "steps", "join", "on_error",
-    "context", "sim",
+    "context", "sim", "base_url", "api_key_env", "continuation", "prompt_format",
 )
+_CONTINUATIONS = ("chat-prefix", "completions", "chat-restate")
+_PROMPT_FORMATS = ("gemma", "chatml", "llama3", "document")
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,14 @@ class FrozenGraph:
 
     def llm_nodes(self) -> list[LLMNode]:
         return [n for n in (self.nodes[k] for k in self.order) if isinstance(n, LLMNode)]
+
+    def capped(self, max_tokens: int) -> FrozenGraph:
+        """The same graph with every llm node's answer capped at ``max_tokens``."""
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise GraphError(f"max_tokens={max_tokens!r}; use a whole number >= 1")
+        nodes = {k: replace(n, max_tokens=min(n.max_tokens, max_tokens))
+                 if isinstance(n, LLMNode) else n for k, n in self.nodes.items()}
+        return replace(self, nodes=MappingProxyType(nodes))
 
     def with_mode(self, mode: Mode) -> FrozenGraph:
         """The same graph in ``normal`` mode (every edge between nodes waits for the complete
@@ -421,9 +436,16 @@ def _make_llm(name: str, f: Mapping[str, Any], at: str) -> LLMNode:
     context = f.get("context", base.context)
     if context not in ("rebuild", "append"):
         raise GraphError(f"{at}: context={context!r}; use 'rebuild' or 'append'")
-    for key in ("model", "system", "prompt"):
+    for key in ("model", "system", "prompt", "base_url", "api_key_env"):
         if f.get(key) is not None and not isinstance(f[key], str):
             raise GraphError(f"{at}: {key} must be a string, got {f[key]!r}")
+    for key, allowed in (("continuation", _CONTINUATIONS), ("prompt_format", _PROMPT_FORMATS)):
+        if f.get(key) is not None and f[key] not in allowed:
+            raise GraphError(f"{at}: {key}={f[key]!r}; use one of {', '.join(allowed)}")
+    url = f.get("base_url")
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise GraphError(f"{at}: base_url={url!r}; use an http(s):// URL, e.g. "
+                         "http://127.0.0.1:8080/v1")
     return LLMNode(
         name=name,
         model=f.get("model"),
@@ -436,4 +458,8 @@ def _make_llm(name: str, f: Mapping[str, Any], at: str) -> LLMNode:
         on_error=_on_error(f.get("on_error", "fail"), at),
         context=context,
         sim=MappingProxyType(_check_sim(f.get("sim") or {}, at)),
+        base_url=f.get("base_url"),
+        api_key_env=f.get("api_key_env"),
+        continuation=f.get("continuation"),
+        prompt_format=f.get("prompt_format"),
     )

@@ -41,6 +41,10 @@ class _Node(_Strict):
     on_error: str | None = None
     context: str | None = None
     sim: dict[str, float] | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    continuation: str | None = None
+    prompt_format: str | None = None
     fn: str | None = None
 
 

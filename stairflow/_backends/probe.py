@@ -1,0 +1,72 @@
+"""`stairflow probe`: which ways of continuing a partial answer work on an endpoint; and the
+note `stairflow serve` leaves so that later runs reuse its server."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .._errors import StairflowError
+from .._prompts import Message
+from .base import Request
+from .local import LOCAL_MODEL, LocalServer, _http_status
+from .openai import CONTINUATIONS, Endpoint, OpenAIBackend
+
+__all__ = ["forget_server", "probe", "remember_server", "running_server_url"]
+
+QUESTION = "Count from one to ten in words, separated by spaces."
+PREFIX = "one two three"
+
+
+async def probe(base_url: str, model: str, api_key_env: str | None = None
+                ) -> dict[str, tuple[bool, str]]:
+    """For each continuation mode: does it continue ``PREFIX`` without repeating it?"""
+    results: dict[str, tuple[bool, str]] = {}
+    for mode in CONTINUATIONS:
+        fmt = "document" if mode == "completions" else "chatml"
+        backend = OpenAIBackend(Endpoint(base_url, model, api_key_env, mode, fmt, 30.0, 0))
+        request = Request("probe", (Message("user", QUESTION),), PREFIX, 8, 0.0, model)
+        try:
+            async with backend.open_stream(request) as stream:
+                text = "".join([t async for t in stream])
+        except StairflowError as exc:
+            results[mode] = (False, str(exc).split(": ", 1)[-1][:100])
+            continue
+        repeated = text.strip().lower().startswith(PREFIX)
+        ok = bool(text.strip()) and not repeated
+        note = "repeats the partial answer" if repeated else "empty" if not text.strip() else ""
+        results[mode] = (ok, f"{note} -> {text[:40]!r}".strip())
+    return results
+
+
+def _state() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "stairflow" / "server.json"
+
+
+def remember_server(server: LocalServer) -> None:
+    path = _state()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"base_url": server.base_url, "port": server.port,
+                                "model": server.model}))
+
+
+def forget_server() -> None:
+    _state().unlink(missing_ok=True)
+
+
+async def running_server_url() -> str | None:
+    """The URL of a healthy server left by `stairflow serve`, if any."""
+    try:
+        data = json.loads(_state().read_text())
+        if data.get("model") != LOCAL_MODEL:
+            return None
+        if await _http_status(int(data["port"]), "/health") == 200:
+            return str(data["base_url"])
+    except (OSError, ValueError, KeyError):
+        return None
+    return None
+
+
+

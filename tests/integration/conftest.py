@@ -1,0 +1,75 @@
+"""A real llama-server with the local model, started once for the integration tests."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from stairflow._backends.local import (
+    GEMMA_TEMPLATE,
+    LOCAL_MODEL,
+    free_port,
+    model_file,
+    server_binary,
+)
+
+
+@dataclass
+class Server:
+    base_url: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+    def get(self, path: str) -> bytes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+            return bytes(r.read())
+
+
+def start_server() -> Server:
+    port = free_port()
+    tmp = Path(tempfile.mkdtemp(prefix="stairflow-it-"))
+    (tmp / "gemma.jinja").write_text(GEMMA_TEMPLATE)
+    log = (tmp / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [str(server_binary()), "-m", str(model_file()), "--host", "127.0.0.1", "--port",
+         str(port), "-np", "4", "-c", "8192", "-t", "2", "--alias", LOCAL_MODEL, "--jinja",
+         "--chat-template-file", str(tmp / "gemma.jinja")],
+        stdout=log, stderr=log)
+    server = Server(f"http://127.0.0.1:{port}/v1", port, proc)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # an external process: poll its health endpoint
+        if proc.poll() is not None:
+            raise RuntimeError(f"llama-server exited: {(tmp / 'server.log').read_text()[-2000:]}")
+        try:
+            if server.get("/health"):
+                return server
+        except OSError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("llama-server did not become healthy in 120 s")
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[Server]:
+    s = start_server()
+    yield s
+    s.process.terminate()
+    s.process.wait(10)
+
+
+@pytest.fixture
+def own_server() -> Iterator[Server]:
+    """A server of the test's own, for tests that kill it."""
+    s = start_server()
+    yield s
+    if s.process.poll() is None:
+        s.process.kill()
+        s.process.wait(10)

@@ -1,0 +1,220 @@
+"""Against a real llama-server speaking the real OpenAI protocol (run by .ci/run).
+
+The local model is a small base model run on concurrent slots, so these tests assert
+structure and timing relations, never exact text (except one greedy request at a time).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import trio
+
+import stairflow as sf
+from stairflow._backends.local import LOCAL_MODEL
+from stairflow._backends.openai import Endpoint, OpenAIBackend
+from stairflow._prompts import Message
+
+from .conftest import Server
+
+pytestmark = pytest.mark.integration
+
+Q = (Message("user", "Question: Why is the sky blue?"),)
+
+
+def backend(url: str, continuation: str = "chat-prefix", **kw: object) -> OpenAIBackend:
+    return OpenAIBackend(Endpoint(url, LOCAL_MODEL, None, continuation,  # type: ignore[arg-type]
+                                  "document", **kw))  # type: ignore[arg-type]
+
+
+async def collect(b: OpenAIBackend, prefix: str = "", n: int = 16) -> tuple[str, sf.Usage, str | None]:
+    req = sf.Request("node", Q, prefix, n, 0.0, LOCAL_MODEL)
+    async with b.open_stream(req) as stream:
+        text = "".join([t async for t in stream])
+    return text, stream.usage, stream.finish_reason
+
+
+@pytest.mark.parametrize("mode", ["chat-prefix", "completions", "chat-restate"])
+def test_streaming_with_usage(server: Server, mode: str):
+    text, usage, finish = trio.run(collect, backend(server.base_url, mode))
+    assert text.strip()
+    assert finish in ("stop", "length")
+    assert usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 16
+
+
+def test_continuing_a_partial_answer_equals_one_generation(server: Server):
+    async def main() -> tuple[str, str]:
+        b = backend(server.base_url, "completions")
+        whole, _, _ = await collect(b, "", 24)
+        first, _, _ = await collect(b, "", 12)
+        rest, _, _ = await collect(b, first, 12)
+        return whole, first + rest
+
+    whole, stitched = trio.run(main)
+    assert stitched.split() == whole.split()  # greedy, one request at a time
+
+
+def test_chat_prefix_continuation_does_not_repeat_the_prefix(server: Server):
+    async def main() -> str:
+        text, _, _ = await collect(backend(server.base_url, "chat-prefix"),
+                                   "The sky is blue because", 12)
+        return text
+
+    text = trio.run(main)
+    assert text.strip() and not text.strip().startswith("The sky is blue because")
+
+
+def local_graph(max_tokens: int = 48) -> sf.FrozenGraph:
+    return sf.resolve_graph("moa").capped(max_tokens)
+
+
+def run_local(server: Server, graph: sf.FrozenGraph, mode: str = "staircase") -> sf.Report:
+    b = OpenAIBackend.for_graph(graph, base_url=server.base_url, model=LOCAL_MODEL,
+                                continuation="completions", prompt_format="document")
+
+    async def main() -> sf.Report:
+        with trio.fail_after(300):
+            async with sf.open_run(graph, "Why is the sky blue?", backend=b, mode=mode) as run:
+                pass
+        assert b.active == 0
+        return run.report()
+
+    return trio.run(main)
+
+
+def test_three_proposers_and_an_aggregator_concurrently(server: Server):
+    report = run_local(server, local_graph())
+    assert not report.simulated and report.output.strip()
+    for node in ("p1", "p2", "p3", "agg"):
+        n = report.nodes[node]
+        assert n.tokens > 0 and n.calls >= 1 and n.prompt_tokens > 0
+    firsts = sorted(report.nodes[p].ttft_s for p in ("p1", "p2", "p3"))
+    lasts = sorted(report.nodes[p].done_s for p in ("p1", "p2", "p3"))
+    assert firsts[-1] < lasts[0]  # the proposers really ran side by side
+
+
+def test_staircase_output_starts_before_the_slowest_proposer_ends(server: Server):
+    report = run_local(server, local_graph(64))
+    slowest = max(report.nodes[p].done_s for p in ("p1", "p2", "p3"))
+    assert report.ttft_s < slowest
+
+
+def slots_busy(server: Server) -> int:
+    return sum(1 for s in json.loads(server.get("/slots")) if s.get("is_processing"))
+
+
+def test_cancelling_a_run_frees_the_server_slots(server: Server):
+    graph = local_graph(400)
+    b = OpenAIBackend.for_graph(graph, base_url=server.base_url, model=LOCAL_MODEL,
+                                continuation="completions", prompt_format="document")
+    busy: list[int] = []
+
+    async def main() -> None:
+        async with sf.open_run(graph, "Why is the sky blue?", backend=b) as run:
+            async for event in run:
+                if event.kind == "output":
+                    busy.append(slots_busy(server))
+                    run.cancel()
+        assert run.trace.events[-1].kind == "run_cancel"
+
+    trio.run(main)
+    assert busy and busy[0] >= 3  # proposers and aggregator were generating
+    assert b.active == 0
+    deadline = time.monotonic() + 5
+    while slots_busy(server) and time.monotonic() < deadline:  # the server's own bookkeeping
+        time.sleep(0.1)
+    assert slots_busy(server) == 0
+
+
+def test_server_killed_mid_stream_is_a_clear_error_not_a_hang(own_server: Server):
+    graph = local_graph(400)
+    b = OpenAIBackend.for_graph(graph, base_url=own_server.base_url, model=LOCAL_MODEL,
+                                continuation="completions", prompt_format="document")
+
+    async def main() -> None:
+        with trio.fail_after(60):
+            async with sf.open_run(graph, "Why is the sky blue?", backend=b) as run:
+                async for event in run:
+                    if event.kind == "first_token" and event.node == "p1":
+                        own_server.process.kill()
+
+    with pytest.raises(sf.NodeError) as info:
+        trio.run(main)
+    message = str(info.value)
+    assert info.value.node in ("p1", "p2", "p3", "agg")
+    assert own_server.base_url in message and LOCAL_MODEL in message
+
+
+def test_a_dropped_proposer_lets_the_run_finish_when_its_server_dies(own_server: Server,
+                                                                      server: Server):
+    g = sf.Graph("two-servers", defaults={"max_tokens": 48, "model": LOCAL_MODEL,
+                                          "continuation": "completions",
+                                          "prompt_format": "document"})
+    g.input("q")
+    g.llm("healthy", base_url=server.base_url)
+    g.llm("doomed", base_url=own_server.base_url, on_error="drop", max_tokens=400)
+    g.llm("agg", base_url=server.base_url, prompt="moa-aggregate")
+    g.connect("q", ["healthy", "doomed"])
+    g.connect(["healthy", "doomed"], "agg")
+    g.connect("agg", g.output("out"))
+    fg = g.build()
+    b = OpenAIBackend.for_graph(fg)
+
+    async def main() -> sf.Report:
+        with trio.fail_after(120):
+            async with sf.open_run(fg, "Why is the sky blue?", backend=b) as run:
+                async for event in run:
+                    if event.kind == "first_token" and event.node == "doomed":
+                        own_server.process.kill()
+        return run.report()
+
+    report = trio.run(main)
+    assert report.trace.of("node_error", "doomed")[0].data["dropped"]
+    assert report.output.strip()
+
+
+def test_unreachable_endpoint_and_wrong_model_are_clear_errors(server: Server):
+    async def ask(url: str, model: str) -> None:
+        b = OpenAIBackend(Endpoint(url, model, None, "chat-prefix", "chatml", 5.0, 0))
+        async with b.open_stream(sf.Request("p1", Q, "", 4, 0.0, model)) as stream:
+            async for _ in stream:
+                pass
+
+    with pytest.raises(sf.BackendError) as info:
+        trio.run(ask, "http://127.0.0.1:9/v1", LOCAL_MODEL)
+    assert str(info.value) == (f"node 'p1' failed: http://127.0.0.1:9/v1 (model '{LOCAL_MODEL}'): "
+                               "cannot connect; is the server running?")
+    with pytest.raises(sf.BackendError) as info:
+        trio.run(ask, server.base_url, "gpt-17")
+    assert "(model 'gpt-17'): the server has no such model; it serves gemma-3-270m" in str(info.value)
+
+
+def test_api_keys_never_appear_in_errors(server: Server, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("STAIRFLOW_TEST_KEY", "sk-secret-123")
+
+    async def ask() -> None:
+        b = OpenAIBackend(Endpoint("http://127.0.0.1:9/v1", LOCAL_MODEL, "STAIRFLOW_TEST_KEY",
+                                   "chat-prefix", "chatml", 5.0, 0))
+        async with b.open_stream(sf.Request("p1", Q, "", 4, 0.0, LOCAL_MODEL)) as stream:
+            async for _ in stream:
+                pass
+
+    with pytest.raises(sf.BackendError) as info:
+        trio.run(ask)
+    assert "sk-secret-123" not in str(info.value) and "sk-secret" not in repr(info.value)
+
+
+def test_cli_runs_moa_on_the_local_model_and_prints_ttft(server: Server):
+    import io
+
+    from stairflow._cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["run", "moa", "--base-url", server.base_url, "--model", LOCAL_MODEL,
+                 "--continuation", "completions", "--prompt-format", "document",
+                 "--max-tokens", "32", "--json"], out=out, err=err)
+    assert code == 0, err.getvalue()
+    data = json.loads(out.getvalue())
+    assert data["simulated"] is False and data["ttft_s"] > 0 and data["llm_calls"] >= 4
