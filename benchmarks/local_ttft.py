@@ -1,7 +1,8 @@
 """TTFT of Mixture-of-Agents on the real local model (llama-server + Gemma 3 270M), staircase
 against normal, interleaved, on the shape of ../shared/LOCAL_MODEL.md's reference measurement:
 3 proposers writing exactly N tokens (128 by default; ignore_eos keeps timings stable), chunks
-of 8, 16, 32, 64 tokens, an aggregator answering in steps of 96 tokens, llama-server -np 4.
+of 8, 16, 32, 64 tokens, an aggregator writing 192 tokens in steps of 32 then 64 tokens,
+llama-server -np 4.
 
     python benchmarks/local_ttft.py [--proposal-tokens 128] [--runs 3]
 
@@ -24,7 +25,7 @@ def moa(proposal_tokens: int) -> sf.FrozenGraph:
     g = sf.Graph("moa-local")
     g.input("question")
     props = [g.llm(f"p{i}", max_tokens=proposal_tokens, temperature=0.7) for i in (1, 2, 3)]
-    g.llm("agg", prompt="moa-aggregate", max_tokens=96, steps=[96], temperature=0.0)
+    g.llm("agg", prompt="moa-aggregate", max_tokens=192, steps=[32, 64], temperature=0.0)
     g.connect("question", props)
     g.connect(props, "agg", sf.tokens([8, 16, 32, 64]))
     g.connect("agg", g.output("answer"))
@@ -34,10 +35,9 @@ def moa(proposal_tokens: int) -> sf.FrozenGraph:
 async def main(proposal_tokens: int, runs: int) -> None:
     graph = moa(proposal_tokens)
     ttft: dict[str, list[float]] = {"staircase": [], "normal": []}
-    async with open_local_server() as server:
-        backend = OpenAIBackend.for_graph(
+    async with open_local_server() as server, OpenAIBackend.for_graph(
             graph, base_url=server.base_url, model=LOCAL_MODEL, continuation="completions",
-            prompt_format="document", extra_body={"ignore_eos": True})
+            prompt_format="document", extra_body={"ignore_eos": True}) as backend:
         for i in range(runs):
             for mode in ("staircase", "normal"):
                 async with sf.open_run(graph, "Why is the sky blue?", backend=backend,

@@ -11,13 +11,13 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 import trio
 import trio.testing
 
 from ._backends.base import Backend
-from ._backends.local import LOCAL_MODEL, open_local_server
+from ._backends.local import LOCAL_MODEL, LOCAL_SETTINGS, open_local_server
 from ._backends.openai import CONTINUATIONS, PROMPT_FORMATS, OpenAIBackend
 from ._backends.probe import forget_server, probe, remember_server, running_server_url
 from ._errors import ConfigError, RunError, StairflowError
@@ -128,11 +128,12 @@ def _backend_kind(args: argparse.Namespace) -> str:
 
 
 def _openai(args: argparse.Namespace, graph: FrozenGraph, url: str | None,
-            model: str | None, **defaults: str) -> Backend:
+            model: str | None, **defaults: Any) -> Backend:
     return OpenAIBackend.for_graph(
         graph, base_url=url, model=model, api_key_env=args.api_key_env,
-        continuation=args.continuation or defaults.get("continuation"),  # type: ignore[arg-type]
-        prompt_format=args.prompt_format or defaults.get("prompt_format"))
+        continuation=args.continuation or defaults.get("continuation"),
+        prompt_format=args.prompt_format or defaults.get("prompt_format"),
+        extra_body=defaults.get("extra_body"))
 
 
 def _run(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
@@ -149,11 +150,15 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> i
               "timings]", file=err)
 
     async def run_with(backend: Backend) -> Report:
-        async with open_run(graph, prompt, backend=backend, mode=args.mode) as run:
-            async for event in run:
-                if stream and event.kind == "output":
-                    out.write(event.data["text"])
-                    out.flush()
+        try:
+            async with open_run(graph, prompt, backend=backend, mode=args.mode) as run:
+                async for event in run:
+                    if stream and event.kind == "output":
+                        out.write(event.data["text"])
+                        out.flush()
+        finally:
+            if isinstance(backend, OpenAIBackend):
+                await backend.aclose()
         return run.report()
 
     async def main() -> Report:
@@ -161,7 +166,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> i
             return await run_with(resolve_backend("sim", graph))
         if kind == "openai":
             return await run_with(_openai(args, graph, args.base_url, args.model))
-        local = {"continuation": "completions", "prompt_format": "document"}
+        local = LOCAL_SETTINGS
         url = await running_server_url()
         if url is not None:
             return await run_with(_openai(args, graph, url, LOCAL_MODEL, **local))

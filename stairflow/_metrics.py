@@ -77,7 +77,8 @@ class Report:
 
 def _node(trace: Trace, name: str) -> NodeReport:
     firsts = trace.of("first_token", name)
-    ends = trace.of("node_end", name) or trace.of("node_error", name)
+    ends = trace.of("node_end", name) or trace.of("node_error", name) or trace.of(
+        "node_cancel", name)
     requests = trace.of("request_end", name)
     return NodeReport(
         ttft_s=firsts[0].t if firsts else None,

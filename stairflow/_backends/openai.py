@@ -87,10 +87,10 @@ def _system_and_turns(messages: Sequence[Message]) -> tuple[str, list[Message]]:
 def render_prompt(fmt: str, messages: Sequence[Message], prefix: str) -> str:
     """A raw completion prompt for ``messages``, ending with the start of the answer."""
     system, turns = _system_and_turns(messages)
-    if fmt == "document":
-        body = "\n\n".join(t.content for t in turns)
+    if fmt == "document":  # plain text for base models: context, then "Question: ... Answer:"
         head = f"{system}\n\n" if system else ""
-        return f"{head}{body}\n\nAnswer:{' ' if not prefix else ''}{prefix}"
+        body = "\n\n".join(t.content for t in turns)
+        return f"{head}Question: {body}\nAnswer:{' ' if prefix else ''}{prefix}"
     if fmt == "gemma":  # no system role: the system text opens the first user turn
         parts = []
         for i, t in enumerate(turns):
@@ -179,6 +179,19 @@ class OpenAIBackend:
         self._clients: dict[tuple[str, str | None, float, int], openai.AsyncOpenAI] = {}
         self._models: dict[str, set[str] | None] = {}  # per base URL; None: cannot list
         self.active = 0
+
+    async def aclose(self) -> None:
+        """Close the HTTP connection pools (also done by ``async with backend:``)."""
+        clients, self._clients = list(self._clients.values()), {}
+        with trio.CancelScope(shield=True):
+            for client in clients:
+                await client.close()
+
+    async def __aenter__(self) -> OpenAIBackend:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     def endpoint_for(self, node: str, model: str | None) -> Endpoint:
         ep = self.nodes.get(node, self.default)

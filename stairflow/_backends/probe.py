@@ -28,7 +28,7 @@ async def probe(base_url: str, model: str, api_key_env: str | None = None
         backend = OpenAIBackend(Endpoint(base_url, model, api_key_env, mode, fmt, 30.0, 0))
         request = Request("probe", (Message("user", QUESTION),), PREFIX, 8, 0.0, model)
         try:
-            async with backend.open_stream(request) as stream:
+            async with backend, backend.open_stream(request) as stream:
                 text = "".join([t async for t in stream])
         except StairflowError as exc:
             results[mode] = (False, str(exc).split(": ", 1)[-1][:100])

@@ -6,6 +6,8 @@ its joins allow. A node that fails either ends the run (its error, naming it, is
 the run's block exits) or, with ``on_error = "drop"``, is dropped and its consumers go on.
 Cancelling the run - `Run.cancel`, an exception in the caller's block, an outer cancel
 scope - cancels every task and every backend request it started; none outlives the block.
+A node whose consumers have all finished is cancelled too: nobody needs the rest of its
+output (``node_cancel`` in the trace).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .._graph import FnNode, FrozenGraph, Graph, InputNode, LLMNode, Mode, Outpu
 from .._joins import join_any
 from .._metrics import Report
 from .._trace import Event, Trace
-from .clock import is_virtual
+from .clock import is_virtual, settle
 from .emitter import Emitter
 from .inbox import LiveInbox
 from .nodes import run_fn, run_input, run_llm, run_output
@@ -77,6 +79,8 @@ class Run:
             for name in graph.nodes
         }
         self.output_parts: list[str] = []
+        self._scopes: dict[str, trio.CancelScope] = {}
+        self._done: set[str] = set()
         self.error: StairflowError | None = None
         self.cancelled = False
         self._scope = trio.CancelScope()
@@ -135,23 +139,44 @@ class Run:
 
     async def _node_task(self, name: str) -> None:
         emitter, inbox = self.emitters[name], self.inboxes.get(name)
+        scope = self._scopes[name] = trio.CancelScope()
         self.trace.record("node_start", name)
         try:
-            if emitter.timed:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(emitter.tick)
+            with scope:
+                if emitter.timed:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(emitter.tick)
+                        await self._body(name)()
+                        await emitter.close()
+                else:
                     await self._body(name)()
                     await emitter.close()
-            else:
-                await self._body(name)()
-                await emitter.close()
-        except Exception as exc:
+        except Exception as exc:  # every failure becomes a NodeError
             self._fail(name, _unwrap(exc))
-            return
+        else:
+            if scope.cancelled_caught:
+                self.trace.record("node_cancel", name, reason="no consumer needs its output",
+                                  tokens=emitter.tokens, text=emitter.text)
+            else:
+                self.trace.record("node_end", name, tokens=emitter.tokens, text=emitter.text)
         finally:
             if inbox is not None:
                 inbox.finish()
-        self.trace.record("node_end", name, tokens=emitter.tokens, text=emitter.text)
+        self._done.add(name)
+        await self._release(name)
+
+    async def _release(self, name: str) -> None:
+        """Stop producers whose every consumer has finished: their output is not needed
+        (e.g. proposers still writing when the aggregator has already ended its answer)."""
+        producers = [e.src for e in self.graph.inputs_of(name) if e.src not in self._done]
+        if not producers:
+            return
+        await settle(self.virtual)  # what ends at this very instant ends on its own
+        for src in producers:
+            if src not in self._done and all(
+                e.dst in self._done for e in self.graph.outputs_of(src)
+            ):
+                self._scopes[src].cancel()
 
     def _fail(self, name: str, exc: BaseException) -> None:
         err = exc if isinstance(exc, NodeError) and exc.node == name else NodeError(

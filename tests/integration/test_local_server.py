@@ -33,6 +33,7 @@ async def collect(b: OpenAIBackend, prefix: str = "", n: int = 16) -> tuple[str,
     req = sf.Request("node", Q, prefix, n, 0.0, LOCAL_MODEL)
     async with b.open_stream(req) as stream:
         text = "".join([t async for t in stream])
+    await b.aclose()
     return text, stream.usage, stream.finish_reason
 
 
@@ -80,9 +81,11 @@ def run_local(server: Server, graph: sf.FrozenGraph, mode: str = "staircase") ->
                                 continuation="completions", prompt_format="document")
 
     async def main() -> sf.Report:
-        with trio.fail_after(300):
-            async with sf.open_run(graph, "Why is the sky blue?", backend=b, mode=mode) as run:
-                pass
+        async with b:
+            with trio.fail_after(300):
+                async with sf.open_run(graph, "Why is the sky blue?", backend=b,
+                                       mode=mode) as run:
+                    pass
         assert b.active == 0
         return run.report()
 
@@ -117,7 +120,7 @@ def test_cancelling_a_run_frees_the_server_slots(server: Server):
     busy: list[int] = []
 
     async def main() -> None:
-        async with sf.open_run(graph, "Why is the sky blue?", backend=b) as run:
+        async with b, sf.open_run(graph, "Why is the sky blue?", backend=b) as run:
             async for event in run:
                 if event.kind == "output":
                     busy.append(slots_busy(server))
@@ -140,7 +143,7 @@ def test_server_killed_mid_stream_is_a_clear_error_not_a_hang(own_server: Server
 
     async def main() -> None:
         with trio.fail_after(60):
-            async with sf.open_run(graph, "Why is the sky blue?", backend=b) as run:
+            async with b, sf.open_run(graph, "Why is the sky blue?", backend=b) as run:
                 async for event in run:
                     if event.kind == "first_token" and event.node == "p1":
                         own_server.process.kill()
@@ -169,7 +172,7 @@ def test_a_dropped_proposer_lets_the_run_finish_when_its_server_dies(own_server:
 
     async def main() -> sf.Report:
         with trio.fail_after(120):
-            async with sf.open_run(fg, "Why is the sky blue?", backend=b) as run:
+            async with b, sf.open_run(fg, "Why is the sky blue?", backend=b) as run:
                 async for event in run:
                     if event.kind == "first_token" and event.node == "doomed":
                         own_server.process.kill()
@@ -183,7 +186,7 @@ def test_a_dropped_proposer_lets_the_run_finish_when_its_server_dies(own_server:
 def test_unreachable_endpoint_and_wrong_model_are_clear_errors(server: Server):
     async def ask(url: str, model: str) -> None:
         b = OpenAIBackend(Endpoint(url, model, None, "chat-prefix", "chatml", 5.0, 0))
-        async with b.open_stream(sf.Request("p1", Q, "", 4, 0.0, model)) as stream:
+        async with b, b.open_stream(sf.Request("p1", Q, "", 4, 0.0, model)) as stream:
             async for _ in stream:
                 pass
 
@@ -202,7 +205,7 @@ def test_api_keys_never_appear_in_errors(server: Server, monkeypatch: pytest.Mon
     async def ask() -> None:
         b = OpenAIBackend(Endpoint("http://127.0.0.1:9/v1", LOCAL_MODEL, "STAIRFLOW_TEST_KEY",
                                    "chat-prefix", "chatml", 5.0, 0))
-        async with b.open_stream(sf.Request("p1", Q, "", 4, 0.0, LOCAL_MODEL)) as stream:
+        async with b, b.open_stream(sf.Request("p1", Q, "", 4, 0.0, LOCAL_MODEL)) as stream:
             async for _ in stream:
                 pass
 

@@ -31,7 +31,9 @@ class NodeTimeline:
     tokens: list[tuple[float, str]] = field(default_factory=list)
     end: float = 0.0
     steps: list[float] = field(default_factory=list)  # step start times
+    step_ends: list[float] = field(default_factory=list)  # when each step's request ended
     prompt_tokens: list[int] = field(default_factory=list)
+    stop: float = math.inf  # cancelled then: every consumer had finished
 
     @property
     def text(self) -> str:
@@ -101,6 +103,14 @@ def reference(graph: FrozenGraph, query: str) -> dict[str, NodeTimeline]:
             continue
         assert isinstance(node, LLMNode), "the reference covers llm nodes only"
         lines[name] = _llm(graph, node, arrivals, sim, query)
+    # a node still running when its last consumer finishes is cancelled then; that changes
+    # nothing its consumers saw, so it can be worked out afterwards, from the output back
+    for name in reversed(graph.order):
+        consumers = [e.dst for e in graph.outputs_of(name)]
+        if consumers and isinstance(graph.nodes[name], LLMNode):
+            last = max(min(lines[c].end, lines[c].stop) for c in consumers)
+            if last < lines[name].end:
+                lines[name].stop = last
     return lines
 
 
@@ -138,6 +148,7 @@ def _llm(graph: FrozenGraph, node: LLMNode, arrivals: dict[str, list[Arrival]],
             line.tokens.append((first + i / timing.decode_tps, words[pos + i]))
         ready = first + (n - 1) / timing.decode_tps if n else first
         line.steps.append(start)
+        line.step_ends.append(ready)
         line.prompt_tokens.append(prompt)
         history[-1] = StepText(history[-1].new, line.text[len(out_so_far):])
         k += 1
