@@ -226,3 +226,29 @@ def test_cli_runs_moa_on_the_local_model_and_prints_ttft(server: Server):
     assert code == 0, err.getvalue()
     data = json.loads(out.getvalue())
     assert data["simulated"] is False and data["ttft_s"] > 0 and data["llm_calls"] >= 4
+
+
+def test_default_backend_starts_and_stops_its_own_local_server():
+    import io
+
+    from stairflow._cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["run", "moa", "--max-tokens", "16"], out=out, err=err)
+    assert code == 0, err.getvalue()
+    assert "[local model gemma-3-270m (a small base model)" in err.getvalue()
+    assert "TTFT" in err.getvalue() and out.getvalue().strip()
+
+
+def test_probe_reports_the_continuation_modes(server: Server):
+    import io
+
+    from stairflow._cli import main
+
+    out = io.StringIO()
+    code = main(["probe", server.base_url, "--model", LOCAL_MODEL], out=out)
+    lines = out.getvalue().splitlines()
+    assert code == 0
+    assert [line.split()[0] for line in lines[:3]] == ["chat-prefix", "completions",
+                                                      "chat-restate"]
+    assert lines[-1].startswith("use: --continuation ")
