@@ -130,10 +130,13 @@ async def _http_status(port: int, path: str) -> int | None:
 
 @asynccontextmanager
 async def open_local_server(
-    *, port: int | None = None, slots: int = 4, ctx: int = 8192, threads: int = 2,
+    *, port: int | None = None, slots: int = 4, ctx: int = 32768, threads: int = 2,
     ready_timeout_s: float = 120.0,
 ) -> AsyncIterator[LocalServer]:
-    """Run llama-server with the local model on loopback for the duration of the block."""
+    """Run llama-server with the local model on loopback for the duration of the block.
+
+    ``ctx`` is shared by the ``slots``: 32768 gives each of 4 concurrent streams 8192 tokens,
+    room for an aggregator reading three long answers (KV cache: about 0.6 GB)."""
     binary, model = server_binary(), model_file()
     port = port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="stairflow-llama-"))

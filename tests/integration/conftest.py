@@ -49,7 +49,7 @@ def start_server() -> Server:
     with (tmp / "server.log").open("wb") as log:  # the child keeps its own copy
         proc = subprocess.Popen(
             [str(server_binary()), "-m", str(model_file()), "--host", "127.0.0.1", "--port",
-             str(port), "-np", "4", "-c", "8192", "-t", "2", "--alias", LOCAL_MODEL, "--jinja",
+             str(port), "-np", "4", "-c", "32768", "-t", "2", "--alias", LOCAL_MODEL, "--jinja",
              "--chat-template-file", str(tmp / "gemma.jinja")],
             stdout=log, stderr=log)
     server = Server(f"http://127.0.0.1:{port}/v1", port, proc, tmp / "server.log")
