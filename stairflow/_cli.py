@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -197,14 +198,16 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
 
 def _serve(args: argparse.Namespace, out: TextIO) -> int:
     async def main() -> None:
-        async with open_local_server(port=args.port) as server:
-            remember_server(server)
-            print(f"serving {server.model} at {server.base_url} (Ctrl-C to stop); "
-                  f"'stairflow run' reuses it", file=out, flush=True)
-            try:
-                await trio.sleep_forever()
-            finally:
-                forget_server()
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with open_local_server(port=args.port) as server:
+                remember_server(server)
+                try:
+                    print(f"serving {server.model} at {server.base_url} (Ctrl-C to stop); "
+                          f"'stairflow run' reuses it", file=out, flush=True)
+                    async for _ in signals:
+                        break
+                finally:
+                    forget_server()
 
     trio.run(main)
     return 0

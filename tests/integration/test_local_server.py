@@ -252,3 +252,31 @@ def test_probe_reports_the_continuation_modes(server: Server):
     assert [line.split()[0] for line in lines[:3]] == ["chat-prefix", "completions",
                                                       "chat-restate"]
     assert lines[-1].startswith("use: --continuation ")
+
+
+def test_serve_keeps_a_server_that_later_runs_reuse(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from stairflow._backends.local import free_port
+
+    exe = str(Path(sys.executable).with_name("stairflow"))
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    port = free_port()
+    serve = subprocess.Popen([exe, "serve", "--port", str(port)], env=env,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert serve.stdout is not None
+        line = serve.stdout.readline()  # printed once the server is healthy
+        assert f"http://127.0.0.1:{port}/v1" in line
+        result = subprocess.run([exe, "run", "moa", "--max-tokens", "8", "--json"], env=env,
+                                capture_output=True, text=True, timeout=120, check=True)
+        assert json.loads(result.stdout)["backend"] == f"openai http://127.0.0.1:{port}/v1"
+    finally:
+        serve.terminate()
+        serve.wait(30)
+        serve.stdout.close()  # type: ignore[union-attr]
+    assert serve.returncode == 0
+    assert not (tmp_path / "stairflow" / "server.json").exists()  # it cleaned up
