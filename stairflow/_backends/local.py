@@ -30,7 +30,7 @@ from .._errors import ConfigError
 
 __all__ = [
     "LOCAL_MODEL", "LOCAL_SETTINGS", "LocalServer", "model_file", "open_local_server",
-    "server_binary",
+    "server_binary", "server_command",
 ]
 
 LOCAL_MODEL = "gemma-3-270m"
@@ -107,6 +107,19 @@ def free_port() -> int:
         return port
 
 
+def server_command(port: int, workdir: Path, *, slots: int = 4, ctx: int = 32768,
+                   threads: int = 2) -> list[str]:
+    """The llama-server command line (writes the chat template into ``workdir``).
+
+    ``ctx`` is shared by the ``slots``: 32768 gives each of 4 concurrent streams 8192 tokens,
+    room for an aggregator reading three long answers (KV cache: about 0.6 GB)."""
+    template = workdir / "gemma.jinja"
+    template.write_text(GEMMA_TEMPLATE)
+    return [str(server_binary()), "-m", str(model_file()), "--host", "127.0.0.1",
+            "--port", str(port), "-np", str(slots), "-c", str(ctx), "-t", str(threads),
+            "--alias", LOCAL_MODEL, "--jinja", "--chat-template-file", str(template)]
+
+
 @dataclass(frozen=True)
 class LocalServer:
     base_url: str  # ends in /v1
@@ -133,19 +146,11 @@ async def open_local_server(
     *, port: int | None = None, slots: int = 4, ctx: int = 32768, threads: int = 2,
     ready_timeout_s: float = 120.0,
 ) -> AsyncIterator[LocalServer]:
-    """Run llama-server with the local model on loopback for the duration of the block.
-
-    ``ctx`` is shared by the ``slots``: 32768 gives each of 4 concurrent streams 8192 tokens,
-    room for an aggregator reading three long answers (KV cache: about 0.6 GB)."""
-    binary, model = server_binary(), model_file()
+    """Run llama-server with the local model on loopback for the duration of the block."""
     port = port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="stairflow-llama-"))
-    template = workdir / "gemma.jinja"
-    template.write_text(GEMMA_TEMPLATE)
+    cmd = server_command(port, workdir, slots=slots, ctx=ctx, threads=threads)
     log = workdir / "server.log"
-    cmd = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
-           "-np", str(slots), "-c", str(ctx), "-t", str(threads), "--alias", LOCAL_MODEL,
-           "--jinja", "--chat-template-file", str(template)]
     with log.open("wb") as log_file:
         proc = await trio.lowlevel.open_process(cmd, stdout=log_file, stderr=log_file)
         try:

@@ -12,13 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stairflow._backends.local import (
-    GEMMA_TEMPLATE,
-    LOCAL_MODEL,
-    free_port,
-    model_file,
-    server_binary,
-)
+from stairflow._backends.local import free_port, server_command
 
 
 @dataclass
@@ -45,13 +39,8 @@ class Server:
 def start_server() -> Server:
     port = free_port()
     tmp = Path(tempfile.mkdtemp(prefix="stairflow-it-"))
-    (tmp / "gemma.jinja").write_text(GEMMA_TEMPLATE)
     with (tmp / "server.log").open("wb") as log:  # the child keeps its own copy
-        proc = subprocess.Popen(
-            [str(server_binary()), "-m", str(model_file()), "--host", "127.0.0.1", "--port",
-             str(port), "-np", "4", "-c", "32768", "-t", "2", "--alias", LOCAL_MODEL, "--jinja",
-             "--chat-template-file", str(tmp / "gemma.jinja")],
-            stdout=log, stderr=log)
+        proc = subprocess.Popen(server_command(port, tmp), stdout=log, stderr=log)
     server = Server(f"http://127.0.0.1:{port}/v1", port, proc, tmp / "server.log")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # an external process: poll its health endpoint
