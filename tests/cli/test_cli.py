@@ -122,3 +122,18 @@ def test_the_installed_command_runs_outside_the_source_tree(tmp_path):
     bad = subprocess.run([str(exe), "run", "nope"], capture_output=True, text=True, cwd=tmp_path,
                          check=False)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_a_missing_local_model_is_a_one_line_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("STAIRFLOW_LLAMA_SERVER", str(tmp_path / "nope"))
+    code, _, err = cli("run", "moa")
+    assert code == 2
+    assert err == f"stairflow: error: STAIRFLOW_LLAMA_SERVER={tmp_path / 'nope'} does not exist\n"
+
+
+def test_backend_options_are_checked():
+    code, _, err = cli("run", "moa", "--backend", "openai")
+    assert (code, err) == (2, "stairflow: error: --backend openai needs --base-url (and usually "
+                              "--model)\n")
+    code, _, err = cli("run", "moa", "--backend", "local", "--virtual-clock")
+    assert code == 2 and "--virtual-clock needs the simulated backend" in err

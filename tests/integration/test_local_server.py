@@ -76,9 +76,15 @@ def local_graph(max_tokens: int = 48) -> sf.FrozenGraph:
     return sf.resolve_graph("moa").capped(max_tokens)
 
 
+# ignore_eos: every node writes exactly max_tokens, so timings do not hinge on when a small
+# base model happens to stop
+STEADY = {"ignore_eos": True}
+
+
 def run_local(server: Server, graph: sf.FrozenGraph, mode: str = "staircase") -> sf.Report:
     b = OpenAIBackend.for_graph(graph, base_url=server.base_url, model=LOCAL_MODEL,
-                                continuation="completions", prompt_format="document")
+                                continuation="completions", prompt_format="document",
+                                extra_body=STEADY)
 
     async def main() -> sf.Report:
         async with b:
@@ -116,7 +122,8 @@ def slots_busy(server: Server) -> int:
 def test_cancelling_a_run_frees_the_server_slots(server: Server):
     graph = local_graph(400)
     b = OpenAIBackend.for_graph(graph, base_url=server.base_url, model=LOCAL_MODEL,
-                                continuation="completions", prompt_format="document")
+                                continuation="completions", prompt_format="document",
+                                extra_body=STEADY)
     busy: list[int] = []
 
     async def main() -> None:
@@ -128,7 +135,7 @@ def test_cancelling_a_run_frees_the_server_slots(server: Server):
         assert run.trace.events[-1].kind == "run_cancel"
 
     trio.run(main)
-    assert busy and busy[0] >= 3  # proposers and aggregator were generating
+    assert busy and busy[0] >= 3  # proposers (writing 400 tokens) and aggregator were busy
     assert b.active == 0
     deadline = time.monotonic() + 5
     while slots_busy(server) and time.monotonic() < deadline:  # the server's own bookkeeping
@@ -139,7 +146,8 @@ def test_cancelling_a_run_frees_the_server_slots(server: Server):
 def test_server_killed_mid_stream_is_a_clear_error_not_a_hang(own_server: Server):
     graph = local_graph(400)
     b = OpenAIBackend.for_graph(graph, base_url=own_server.base_url, model=LOCAL_MODEL,
-                                continuation="completions", prompt_format="document")
+                                continuation="completions", prompt_format="document",
+                                extra_body=STEADY)
 
     async def main() -> None:
         with trio.fail_after(60):
@@ -168,7 +176,7 @@ def test_a_dropped_proposer_lets_the_run_finish_when_its_server_dies(own_server:
     g.connect(["healthy", "doomed"], "agg")
     g.connect("agg", g.output("out"))
     fg = g.build()
-    b = OpenAIBackend.for_graph(fg)
+    b = OpenAIBackend.for_graph(fg, extra_body=STEADY)
 
     async def main() -> sf.Report:
         with trio.fail_after(120):
