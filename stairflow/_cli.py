@@ -144,13 +144,15 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> i
     prompt = _prompt(args.prompt, graph, stdin)
     kind = _backend_kind(args)
     stream = not args.json
-    if stream and kind == "sim":
-        print("[simulated backend: the text below is placeholder words]", file=err)
-    if stream and kind == "local":
-        print(f"[local model {LOCAL_MODEL} (a small base model): weak answers, real tokens and "
-              "timings]", file=err)
+    banner = {
+        "sim": "[simulated backend: the text below is placeholder words]",
+        "local": f"[local model {LOCAL_MODEL} (a small base model): weak answers, real tokens "
+                 "and timings]",
+    }.get(kind)
 
     async def run_with(backend: Backend) -> Report:
+        if stream and banner:
+            print(banner, file=err, flush=True)
         try:
             async with open_run(graph, prompt, backend=backend, mode=args.mode) as run:
                 async for event in run:
