@@ -33,9 +33,10 @@ async def probe(base_url: str, model: str, api_key_env: str | None = None
         except StairflowError as exc:
             results[mode] = (False, str(exc).split(": ", 1)[-1][:100])
             continue
-        repeated = text.strip().lower().startswith(PREFIX)
-        ok = bool(text.strip()) and not repeated
-        note = "repeats the partial answer" if repeated else "empty" if not text.strip() else ""
+        # the answer so far is "one two three": continuing it means going on with "four"
+        words = text.lower().replace(",", " ").split()
+        ok = bool(words) and words[0] == "four"
+        note = "" if ok else "empty" if not words else "does not go on where it stopped"
         results[mode] = (ok, f"{note} -> {text[:40]!r}".strip())
     return results
 

@@ -259,7 +259,8 @@ def test_probe_reports_the_continuation_modes(server: Server):
     assert code == 0
     assert [line.split()[0] for line in lines[:3]] == ["chat-prefix", "completions",
                                                       "chat-restate"]
-    assert lines[-1].startswith("use: --continuation ")
+    assert lines[0].split()[:2] == ["chat-prefix", "works"]  # llama.cpp continues natively
+    assert lines[-1] == "use: --continuation chat-prefix"
 
 
 def test_serve_keeps_a_server_that_later_runs_reuse(tmp_path):
