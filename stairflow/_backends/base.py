@@ -31,7 +31,7 @@ class Request:
     step: int = 0
     position: int = 0  # tokens the node has written before this request
 
-    def system_text(self) -> str:
+    def all_text(self) -> str:
         """All message text, for logs and tests."""
         return "\n".join(m.content for m in self.messages)
 

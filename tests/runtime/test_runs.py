@@ -180,8 +180,8 @@ def test_drop_policy_lets_the_aggregator_go_on_without_the_failed_proposer():
     assert err.data["dropped"] and err.data["tokens"] == 3
     p2_text = "".join(e.data["text"] for e in report.trace.of("chunk") if e.data["edge"][0] == "p2")
     agg = [r for r in seen if r.node == "agg"]
-    assert p2_text in agg[0].system_text()
-    assert p2_text not in agg[-1].system_text()
+    assert p2_text in agg[0].all_text()
+    assert p2_text not in agg[-1].all_text()
 
 
 def test_all_inputs_dropped_fails_the_consumer():
