@@ -19,10 +19,8 @@ import trio.testing
 
 from ._backends.base import Backend
 from ._backends.local import LOCAL_MODEL, LOCAL_SETTINGS, open_local_server
-from ._backends.openai import CONTINUATIONS, PROMPT_FORMATS, OpenAIBackend
-from ._backends.probe import forget_server, probe, remember_server, running_server_url
 from ._errors import ConfigError, RunError, StairflowError
-from ._graph import FrozenGraph
+from ._graph import CONTINUATIONS, PROMPT_FORMATS, FrozenGraph
 from ._graphfile import bundled_graphs, resolve_graph
 from ._metrics import Report
 from ._render import FORMATS, render
@@ -130,6 +128,8 @@ def _backend_kind(args: argparse.Namespace) -> str:
 
 def _openai(args: argparse.Namespace, graph: FrozenGraph, url: str | None,
             model: str | None, **defaults: Any) -> Backend:
+    from ._backends.openai import OpenAIBackend  # the openai package takes a while to import
+
     return OpenAIBackend.for_graph(
         graph, base_url=url, model=model, api_key_env=args.api_key_env,
         continuation=args.continuation or defaults.get("continuation"),
@@ -160,8 +160,9 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> i
                         out.write(event.data["text"])
                         out.flush()
         finally:
-            if isinstance(backend, OpenAIBackend):
-                await backend.aclose()
+            aclose = getattr(backend, "aclose", None)
+            if aclose is not None:
+                await aclose()
         return run.report()
 
     async def main() -> Report:
@@ -170,6 +171,8 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> i
         if kind == "openai":
             return await run_with(_openai(args, graph, args.base_url, args.model))
         local = LOCAL_SETTINGS
+        from ._backends.probe import running_server_url
+
         url = await running_server_url()
         if url is not None:
             return await run_with(_openai(args, graph, url, LOCAL_MODEL, **local))
@@ -199,6 +202,8 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _serve(args: argparse.Namespace, out: TextIO) -> int:
+    from ._backends.probe import forget_server, remember_server
+
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with open_local_server(port=args.port) as server:
@@ -216,6 +221,8 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _probe(args: argparse.Namespace, out: TextIO) -> int:
+    from ._backends.probe import probe
+
     results = trio.run(probe, args.base_url, args.model, args.api_key_env)
     for name, (ok, detail) in results.items():
         print(f"{name:14} {'works' if ok else 'no':6} {detail}", file=out)

@@ -119,8 +119,10 @@ _LLM_FIELDS = (
     "model", "system", "prompt", "temperature", "max_tokens", "steps", "join", "on_error",
     "context", "sim", "base_url", "api_key_env", "continuation", "prompt_format",
 )
-_CONTINUATIONS = ("chat-prefix", "completions", "chat-restate")
-_PROMPT_FORMATS = ("gemma", "chatml", "llama3", "document")
+# how a backend continues a partial answer, and how "completions" renders a prompt
+Continuation = Literal["chat-prefix", "completions", "chat-restate"]
+CONTINUATIONS: tuple[Continuation, ...] = ("chat-prefix", "completions", "chat-restate")
+PROMPT_FORMATS = ("gemma", "chatml", "llama3", "document")
 
 
 @dataclass(frozen=True)
@@ -439,7 +441,7 @@ def _make_llm(name: str, f: Mapping[str, Any], at: str) -> LLMNode:
     for key in ("model", "system", "prompt", "base_url", "api_key_env"):
         if f.get(key) is not None and not isinstance(f[key], str):
             raise GraphError(f"{at}: {key} must be a string, got {f[key]!r}")
-    for key, allowed in (("continuation", _CONTINUATIONS), ("prompt_format", _PROMPT_FORMATS)):
+    for key, allowed in (("continuation", CONTINUATIONS), ("prompt_format", PROMPT_FORMATS)):
         if f.get(key) is not None and f[key] not in allowed:
             raise GraphError(f"{at}: {key}={f[key]!r}; use one of {', '.join(allowed)}")
     url = f.get("base_url")

@@ -27,12 +27,13 @@ import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import openai
 import trio
 
 from .._errors import BackendError, ConfigError
+from .._graph import CONTINUATIONS, PROMPT_FORMATS, Continuation
 from .._prompts import Message
 from .base import Request, Usage
 
@@ -41,9 +42,6 @@ if TYPE_CHECKING:
 
 __all__ = ["CONTINUATIONS", "PROMPT_FORMATS", "Endpoint", "OpenAIBackend", "render_prompt"]
 
-Continuation = Literal["chat-prefix", "completions", "chat-restate"]
-CONTINUATIONS: tuple[Continuation, ...] = ("chat-prefix", "completions", "chat-restate")
-PROMPT_FORMATS = ("gemma", "chatml", "llama3", "document")
 
 RESTATE = (
     "Here is the beginning of your answer. Continue it exactly where it stops, without "
