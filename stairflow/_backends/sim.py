@@ -103,7 +103,7 @@ def sim_tokens(seed: int, node: str, n: int) -> tuple[str, ...]:
 
 
 class _SimStream:
-    def __init__(self, backend: SimBackend, timing: SimTiming, request: Request) -> None:
+    def __init__(self, timing: SimTiming, request: Request) -> None:
         self.usage = Usage(prompt_tokens=count_tokens(request.messages, request.prefix))
         self.finish_reason: str | None = None
         self._start = trio.current_time()
@@ -164,6 +164,6 @@ class SimBackend:
         self.active += 1
         self.opened += 1
         try:
-            yield _SimStream(self, self.timing_for(request.node), request)
+            yield _SimStream(self.timing_for(request.node), request)
         finally:
             self.active -= 1

@@ -33,7 +33,6 @@ class LiveInbox:
         self.cap = cap
         self.waiting = False  # a lazy consumer is waiting for its next step
         self.discarding = False  # the node has finished; arrivals are dropped
-        self.max_buffered: dict[str, int] = dict.fromkeys(inputs, 0)
         self._virtual = virtual
         self._clock = clock
         self._changed = trio.Event()  # arrivals, for the node
@@ -52,8 +51,6 @@ class LiveInbox:
         if self.discarding:
             return
         self.core.put(name, piece.text, piece.last, self._clock())
-        buffered = self.core.pending_chunks(name)
-        self.max_buffered[name] = max(self.max_buffered[name], buffered)
         self._notify()
 
     def drop(self, name: str) -> None:
