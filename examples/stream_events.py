@@ -8,7 +8,7 @@ import stairflow as sf
 
 async def main() -> None:
     graph = sf.resolve_graph("chain")  # a bundled graph: draft -> critique -> rewrite
-    async with sf.open_run(graph, "Explain tides.") as run:
+    async with sf.open_run(graph, "Explain tides.", backend="sim") as run:
         async for event in run:
             if event.kind in ("first_token", "node_end"):
                 print(f"[simulated] {event.t:7.3f} s  {event.kind:12} {event.node}")

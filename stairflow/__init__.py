@@ -1,10 +1,15 @@
 """stairflow: low-latency multi-agent LLM graphs with staircase streaming on Trio.
 
 Declare a graph (`Graph`, or a TOML file via `load_graph`), run it (`run` from plain code,
-`open_run` inside Trio), read its `Report`. Test helpers live in `stairflow.testing`.
+`open_run` inside Trio), read its `Report`. Backends: each node's own endpoint, a default
+endpoint, the local model, or the simulator (`open_backend`, `OpenAIBackend`, `SimBackend`, or
+your own `Backend`). Test helpers live in `stairflow.testing`.
 """
 
+import typing as _typing
+
 from ._backends.base import Backend, Completion, Request, Usage
+from ._backends.select import BackendChoice, EndpointOptions, open_backend
 from ._backends.sim import SimBackend, SimTiming
 from ._core.inbox import Step
 from ._errors import (
@@ -36,15 +41,36 @@ from ._triggers import (
     tokens,
 )
 
+if _typing.TYPE_CHECKING:
+    from ._backends.openai import Endpoint, OpenAIBackend
+
 __version__ = "0.1.0"
+
+_LAZY = {"Endpoint", "OpenAIBackend"}  # the openai package takes a while to import
+
+
+def __getattr__(name: str) -> _typing.Any:
+    if name in _LAZY:
+        from ._backends import openai
+
+        return getattr(openai, name)
+    raise AttributeError(f"module 'stairflow' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _LAZY)
+
 
 __all__ = [
     "Backend",
+    "BackendChoice",
     "BackendError",
     "Buffer",
     "Completion",
     "ConfigError",
     "Edge",
+    "Endpoint",
+    "EndpointOptions",
     "Event",
     "FnNode",
     "FrozenGraph",
@@ -59,6 +85,7 @@ __all__ = [
     "Message",
     "NodeError",
     "NodeReport",
+    "OpenAIBackend",
     "OutputNode",
     "Report",
     "Request",
@@ -78,6 +105,7 @@ __all__ = [
     "join_all",
     "join_any",
     "load_graph",
+    "open_backend",
     "open_run",
     "paragraph",
     "quorum",

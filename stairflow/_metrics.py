@@ -23,7 +23,9 @@ class NodeReport:
 
 @dataclass(frozen=True)
 class Report:
-    """What a run did, in the units of DESIGN.md §5 (times in seconds from the run's start)."""
+    """What a run did (times in seconds from the run's start): TTFT of the output, total time,
+    output tokens and ``tokens_per_s = output_tokens / total_s`` (the end-to-end rate a user
+    sees), prompt tokens processed (cached ones too), LLM calls, and a `NodeReport` per node."""
 
     graph: str
     mode: str
@@ -79,12 +81,13 @@ def _node(trace: Trace, name: str) -> NodeReport:
     firsts = trace.of("first_token", name)
     ends = trace.of("node_end", name) or trace.of("node_error", name) or trace.of(
         "node_cancel", name)
-    requests = trace.of("request_end", name)
+    # a cancelled request was prefilled too; it counts what the backend knew (see nodes.py)
+    requests = trace.of("request_end", name) + trace.of("request_cancel", name)
     return NodeReport(
         ttft_s=firsts[0].t if firsts else None,
         done_s=ends[0].t if ends else None,
         tokens=int(ends[0].data.get("tokens", 0)) if ends else 0,
         calls=len(trace.of("request_sent", name)),
-        prompt_tokens=sum(int(e.data["prompt_tokens"]) for e in requests),
-        cached_tokens=sum(int(e.data["cached_tokens"]) for e in requests),
+        prompt_tokens=sum(int(e.data.get("prompt_tokens", 0)) for e in requests),
+        cached_tokens=sum(int(e.data.get("cached_tokens", 0)) for e in requests),
     )

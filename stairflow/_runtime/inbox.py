@@ -116,8 +116,12 @@ class Inputs:
 
     async def collect(self) -> Step:
         """Wait for every input to end; the final step (``.text`` holds everything)."""
+        if self._done:
+            raise RuntimeError("collect() was already called, or every step was already "
+                               "taken; keep the Step it returned")
         last = None
         async for step in self:
             last = step
-        assert last is not None
+        if last is None:  # unreachable: the final step always comes
+            raise RuntimeError("no step was taken")
         return last

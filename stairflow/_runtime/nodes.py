@@ -82,6 +82,7 @@ async def _call(run: Run, req: Request) -> str | None:
     out = run.emitters[req.node]
     run.trace.record("request_sent", req.node, step=req.step, max_tokens=req.max_tokens,
                      position=req.position)
+    stream = None
     try:
         async with run.backend.open_stream(req) as stream:
             async for token in stream:
@@ -89,7 +90,13 @@ async def _call(run: Run, req: Request) -> str | None:
                     run.trace.record("first_token", req.node, step=req.step)
                 await out.emit(token)
     except trio.Cancelled:
-        run.trace.record("request_cancel", req.node, step=req.step)
+        # the prompt was processed even if the answer was cut off; a backend that knows the
+        # count before the end (the simulator) reports it, others only at the end (0 here)
+        usage = stream.usage if stream is not None else None
+        run.trace.record("request_cancel", req.node, step=req.step,
+                         tokens=out.tokens - req.position,
+                         prompt_tokens=usage.prompt_tokens if usage else 0,
+                         cached_tokens=usage.cached_tokens if usage else 0)
         raise
     run.trace.record(
         "request_end", req.node, step=req.step, tokens=out.tokens - req.position,
@@ -100,7 +107,8 @@ async def _call(run: Run, req: Request) -> str | None:
 
 
 async def run_fn(run: Run, node: FnNode) -> None:
-    inbox, out = run.inboxes[node.name], run.emitters[node.name]
+    inbox = run.inboxes[node.name]
+
     def on_step(step: Step) -> None:
         run.trace.record("step_start", node.name, step=step.index, consumed=dict(step.chunks),
                          final=step.final)
@@ -110,6 +118,16 @@ async def run_fn(run: Run, node: FnNode) -> None:
 
     inputs = Inputs(inbox, [e.src for e in run.graph.inputs_of(node.name)], run.query, on_step,
                     on_wait)
+    deadline = getattr(node, "timeout_s", None)
+    with trio.move_on_after(deadline if deadline is not None else float("inf")) as scope:
+        await _fn_body(run, node, inputs)
+    if scope.cancelled_caught:
+        raise NodeError(node.name, f"did not finish within timeout_s = {deadline:g} s; raise "
+                        "timeout_s or make the function finish")
+
+
+async def _fn_body(run: Run, node: FnNode, inputs: Inputs) -> None:
+    out = run.emitters[node.name]
     async with aclosing(node.fn(inputs)) as agen:
         async for piece in agen:
             if not isinstance(piece, str):

@@ -12,15 +12,15 @@ output (``node_cancel`` in the trace).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Unpack
 
 import trio
 import trio.testing
 
-from .._backends.base import Backend
-from .._backends.sim import SimBackend
+from .._backends.base import Backend, describe_backend
+from .._backends.select import BackendChoice, EndpointOptions, open_backend
 from .._errors import ConfigError, InternalError, NodeError, StairflowError
 from .._graph import FnNode, FrozenGraph, Graph, InputNode, LLMNode, Mode, OutputNode
 from .._joins import join_any
@@ -41,25 +41,21 @@ def prepare(graph: Graph | FrozenGraph, mode: Mode = "staircase") -> FrozenGraph
     return frozen.with_mode(mode)
 
 
-def resolve_backend(backend: Backend | str | None, graph: FrozenGraph) -> Backend:
-    if backend is None or backend in ("sim", "simulated"):
-        return SimBackend.for_graph(graph)
-    if isinstance(backend, str):
-        raise ConfigError(f"unknown backend {backend!r}; use 'sim' or pass a Backend object")
-    return backend
-
-
 class Run:
     """A run in progress. Iterate it for its events as they happen; `report()` at the end."""
 
     def __init__(self, graph: FrozenGraph, query: str, backend: Backend) -> None:
+        info = describe_backend(backend)
         self.graph = graph
         self.query = query
         self.backend = backend
+        self.backend_name = info.name
+        self.simulated = info.simulated
+        self.secrets = info.secrets  # redacted from every error the run records or raises
         self.virtual = is_virtual()
         self.trace = Trace(trio.current_time, meta={
-            "graph": graph.name, "mode": graph.mode, "backend": backend.name,
-            "simulated": backend.simulated, "input": graph.input, "output": graph.output,
+            "graph": graph.name, "mode": graph.mode, "backend": info.name,
+            "simulated": info.simulated, "input": graph.input, "output": graph.output,
             "nodes": list(graph.order),
             "edges": [[e.src, e.dst, e.trigger.describe()] for e in graph.edges],
         })
@@ -114,12 +110,17 @@ class Run:
 
     async def _main(self) -> None:
         self.trace.record("run_start", graph=self.graph.name, mode=self.graph.mode,
-                          backend=self.backend.name, simulated=self.backend.simulated)
-        with self._scope:
-            async with trio.open_nursery() as nursery:
-                self._nodes_scope = nursery.cancel_scope
-                for name in self.graph.order:
-                    nursery.start_soon(self._node_task, name)
+                          backend=self.backend_name, simulated=self.simulated)
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    self._nodes_scope = nursery.cancel_scope
+                    for name in self.graph.order:
+                        nursery.start_soon(self._node_task, name)
+        except BaseException:  # cancelled from outside (an outer scope, the caller's error)
+            if not self.finished:
+                self.trace.record("run_cancel")
+            raise
         if self.error is not None:
             self.trace.record("run_error", error=str(self.error))
         elif self._scope.cancelled_caught or self.cancelled:
@@ -158,12 +159,19 @@ class Run:
                 self.trace.record("node_cancel", name, reason="no consumer needs its output",
                                   tokens=emitter.tokens, text=emitter.text)
             else:
-                self.trace.record("node_end", name, tokens=emitter.tokens, text=emitter.text)
+                self.trace.record("node_end", name, tokens=self._tokens_of(name),
+                                  text=emitter.text)
         finally:
             if inbox is not None:
                 inbox.finish()
         self._done.add(name)
         await self._release(name)
+
+    def _tokens_of(self, name: str) -> int:
+        if name != self.graph.output:
+            return self.emitters[name].tokens
+        # the output node passes its input on without an emitter: count what it received
+        return sum(e.data["tokens"] for e in self.trace.of("chunk") if e.data["edge"][1] == name)
 
     async def _release(self, name: str) -> None:
         """Stop producers whose every consumer has finished: their output is not needed
@@ -179,10 +187,14 @@ class Run:
                 self._scopes[src].cancel()
 
     def _fail(self, name: str, exc: BaseException) -> None:
-        err = exc if isinstance(exc, NodeError) and exc.node == name else NodeError(
-            name, f"{type(exc).__name__}: {exc}"
-        )
-        err.__cause__ = exc if err is not exc else exc.__cause__
+        if isinstance(exc, NodeError) and exc.node == name:
+            err = exc
+            if self.secrets:  # whatever a backend or user code put into it
+                err = type(exc)(name, redact(exc.reason, self.secrets))
+                err.__cause__ = exc.__cause__
+        else:
+            err = NodeError(name, redact(f"{type(exc).__name__}: {exc}", self.secrets))
+            err.__cause__ = exc
         node = self.graph.nodes[name]
         drop = getattr(node, "on_error", "fail") == "drop"
         self.trace.record("node_error", name, error=str(err), dropped=drop,
@@ -218,6 +230,24 @@ class _Events:
         return events[self._i - 1]
 
 
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret (an API key in use) replaced by ``[redacted]``."""
+    for secret in secrets:
+        text = text.replace(secret, "[redacted]")
+    return text
+
+
+def _message(message: object, graph: FrozenGraph) -> str:
+    if message is None:
+        if graph.default_input is None:
+            raise ConfigError(f"graph '{graph.name}' needs a message: pass one to the run")
+        return graph.default_input
+    if not isinstance(message, str):
+        raise ConfigError(f"the message must be a str (the user's question), got "
+                          f"{type(message).__name__}")
+    return message
+
+
 def _unwrap(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
@@ -229,24 +259,30 @@ async def open_run(
     graph: Graph | FrozenGraph,
     message: str | None = None,
     *,
-    backend: Backend | str | None = None,
+    backend: BackendChoice | Backend | None = None,
     mode: Mode = "staircase",
+    **options: Unpack[EndpointOptions],
 ) -> AsyncIterator[Run]:
     """Start a run inside Trio; leaving the block waits for it to end (or `Run.cancel` it).
 
+    ``backend``: ``None``/``"auto"`` (each node's own endpoint, else ``base_url=``/``model=``
+    from ``options``, else the local model), ``"local"``, ``"openai"``, ``"sim"`` (the
+    simulated backend), or a `Backend` object. See docs/backends.md for the precedence.
     Raises the failing node's `NodeError` on exit if the run failed.
     """
     frozen = prepare(graph, mode)
-    query = message if message is not None else frozen.default_input
-    if query is None:
-        raise ConfigError(f"graph '{frozen.name}' needs a message: pass one to the run")
-    the_run = Run(frozen, query, resolve_backend(backend, frozen))
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(the_run._main)
-            yield the_run
-    except BaseExceptionGroup as group:
-        raise _unwrap(group) from None
+    query = _message(message, frozen)
+    if is_virtual() and (backend is None or backend in ("auto", "local", "openai")):
+        raise ConfigError("a run in virtual time (MockClock) needs the simulated backend: pass "
+                          "backend='sim' or a SimBackend")
+    async with open_backend(frozen, backend, **options) as chosen:
+        the_run = Run(frozen, query, chosen)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(the_run._main)
+                yield the_run
+        except BaseExceptionGroup as group:
+            raise _unwrap(group) from None
     if the_run.error is not None:
         raise the_run.error
     if not the_run.finished:
@@ -257,34 +293,35 @@ def run(
     graph: Graph | FrozenGraph,
     message: str | None = None,
     *,
-    backend: Backend | str | None = None,
+    backend: BackendChoice | Backend | None = None,
     mode: Mode = "staircase",
     virtual_clock: bool = False,
-    **kwargs: Any,
+    **options: Unpack[EndpointOptions],
 ) -> Report:
     """Run a graph from plain (non-Trio) code and return its `Report`.
 
-    ``virtual_clock=True`` runs under `trio.testing.MockClock`: simulated timings are exact
-    and nothing really waits (simulated backend only).
+    ``backend`` and ``options`` as for `open_run`. ``virtual_clock=True`` runs the simulated
+    backend under `trio.testing.MockClock`: exact timings, no waiting.
     """
-    if kwargs:
-        raise ConfigError(f"unknown argument {next(iter(kwargs))!r} to run()")
-
+    if _inside_trio():
+        raise ConfigError("sf.run() cannot run inside Trio; use `async with sf.open_run(...)`")
     frozen = prepare(graph, mode)
-    chosen = resolve_backend(backend, frozen)
-    if virtual_clock and not chosen.simulated:
-        raise ConfigError(f"the virtual clock needs the simulated backend, not {chosen.name}")
+    query = _message(message, frozen)
+    if virtual_clock:
+        backend = "sim" if backend is None else backend
+        if isinstance(backend, str) and backend not in ("sim", "simulated"):
+            raise ConfigError(f"the virtual clock needs the simulated backend, not {backend!r}")
+        if not isinstance(backend, str) and not describe_backend(backend).simulated:
+            raise ConfigError("the virtual clock needs a simulated backend, not "
+                              f"{describe_backend(backend).name}")
 
     async def main() -> Report:
-        async with open_run(frozen, message, backend=chosen, mode=mode) as r:
+        async with open_run(frozen, query, backend=backend, mode=mode, **options) as r:
             pass
         return r.report()
 
     clock = trio.testing.MockClock(autojump_threshold=0) if virtual_clock else None
-    if _inside_trio():
-        raise ConfigError("sf.run() cannot run inside Trio; use `async with sf.open_run(...)`")
     return trio.run(main, clock=clock)
-
 
 def _inside_trio() -> bool:
     try:

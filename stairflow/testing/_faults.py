@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from .._backends.base import Backend, Completion, Request
+from .._backends.base import Backend, Completion, Request, describe_backend
 
 __all__ = ["FlakyBackend", "InjectedFault"]
 
@@ -45,8 +45,9 @@ class FlakyBackend:
     def __init__(self, inner: Backend, fail_after: Mapping[str, int]) -> None:
         self.inner = inner
         self.fail_after = dict(fail_after)
-        self.name = f"flaky {inner.name}"
-        self.simulated = inner.simulated
+        info = describe_backend(inner)
+        self.name = f"flaky {info.name}"
+        self.simulated = info.simulated
 
     @asynccontextmanager
     async def open_stream(self, request: Request) -> AsyncIterator[Any]:

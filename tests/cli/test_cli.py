@@ -133,7 +133,8 @@ def test_a_missing_local_model_is_a_one_line_error(monkeypatch, tmp_path):
 
 def test_backend_options_are_checked():
     code, _, err = cli("run", "moa", "--backend", "openai")
-    assert (code, err) == (2, "stairflow: error: --backend openai needs --base-url (and usually "
-                              "--model)\n")
+    assert (code, err) == (2, "stairflow: error: graph 'moa', node 'p1' has no endpoint: set "
+                              "base_url for it in the graph, or give a default one (--base-url "
+                              "/ base_url=)\n")
     code, _, err = cli("run", "moa", "--backend", "local", "--virtual-clock")
-    assert code == 2 and "--virtual-clock needs the simulated backend" in err
+    assert code == 2 and "--virtual-clock and --sim need the simulated backend" in err

@@ -1,0 +1,214 @@
+"""`stairflow run`: where nodes' models live, what-ifs, traces of failed runs, closed pipes,
+and the rough edges a new user hit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.cli.test_cli import cli
+
+EXE = str(Path(sys.executable).with_name("stairflow"))
+
+
+def two_endpoint_graph(tmp_path: Path, key_var: str = "SF_TEST_KEY") -> Path:
+    path = tmp_path / "two.toml"
+    path.write_text(textwrap.dedent(f"""
+        name = "two"
+        default_input = "hi"
+        [nodes.q]
+        kind = "input"
+        [nodes.p]
+        kind = "llm"
+        base_url = "http://127.0.0.1:9/v1"
+        model = "small"
+        [nodes.agg]
+        kind = "llm"
+        base_url = "http://127.0.0.1:9/v1"
+        model = "big"
+        api_key_env = "{key_var}"
+        [nodes.a]
+        kind = "output"
+        [[edges]]
+        from = "q"
+        to = "p"
+        [[edges]]
+        from = "p"
+        to = "agg"
+        [[edges]]
+        from = "agg"
+        to = "a"
+    """))
+    return path
+
+
+def test_nodes_with_their_own_endpoint_need_no_flag_and_a_missing_key_is_bad_input(
+    tmp_path, monkeypatch
+):
+    # every node names its endpoint, so the local model is not needed (it would say
+    # "STAIRFLOW_LLAMA_SERVER=... does not exist" here) and --backend openai needs no --base-url
+    monkeypatch.setenv("STAIRFLOW_LLAMA_SERVER", str(tmp_path / "no-llama-server"))
+    monkeypatch.delenv("SF_TEST_KEY", raising=False)
+    graph = two_endpoint_graph(tmp_path)
+    for extra in ((), ("--backend", "openai")):
+        code, _, err = cli("run", str(graph), *extra)
+        assert (code, err) == (2, "stairflow: error: graph 'two', node 'agg': environment "
+                                  "variable SF_TEST_KEY (its API key) is not set; export it, or "
+                                  "remove api_key_env\n")
+
+
+def test_a_bad_default_url_or_key_variable_is_bad_input_before_the_run(monkeypatch):
+    code, _, err = cli("run", "moa", "--base-url", "localhost:8000")
+    assert (code, err) == (2, "stairflow: error: base_url 'localhost:8000' is not an http(s) URL; "
+                              "use one like http://127.0.0.1:8000/v1\n")
+    monkeypatch.delenv("SF_UNSET_KEY", raising=False)
+    code, _, err = cli("run", "moa", "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
+                       "--api-key-env", "SF_UNSET_KEY")
+    assert code == 2 and "node 'p1': environment variable SF_UNSET_KEY" in err
+
+
+def test_the_prompt_may_come_after_options(tmp_path):
+    trace = tmp_path / "t.json"
+    code, _, err = cli("run", "moa", "--virtual-clock", "Why is rain wet?", "--trace", str(trace))
+    assert code == 0, err
+    events = json.loads(trace.read_text())["events"]
+    typed = [e["text"] for e in events if e["kind"] == "node_end" and e["node"] == "question"]
+    assert typed == ["Why is rain wet?"]
+    code, _, err = cli("run", "moa", "--virtual-clock", "one", "two")
+    assert code == 2 and "unrecognized arguments: one two" in err
+
+
+def test_one_banner_and_fn_nodes_in_the_first_token_line(tmp_path):
+    (tmp_path / "fns.py").write_text(textwrap.dedent("""
+        async def shout(inputs):
+            async for step in inputs:
+                for text in step.new.values():
+                    yield text.upper()
+    """))
+    graph = tmp_path / "g.toml"
+    graph.write_text(textwrap.dedent("""
+        name = "g"
+        default_input = "hi"
+        [nodes.q]
+        kind = "input"
+        [nodes.p]
+        kind = "llm"
+        [nodes.loud]
+        kind = "fn"
+        fn = "fns:shout"
+        [nodes.a]
+        kind = "output"
+        [[edges]]
+        from = "q"
+        to = "p"
+        [[edges]]
+        from = "p"
+        to = "loud"
+        [[edges]]
+        from = "loud"
+        to = "a"
+    """))
+    code, _, err = cli("run", str(graph), "--virtual-clock")
+    assert code == 0, err
+    assert err.count("[simulated backend") == 1
+    firsts = next(line for line in err.splitlines() if line.startswith("first token (s): "))
+    assert [part.split()[0] for part in firsts.split(": ", 1)[1].split(", ")] == ["p", "loud"]
+
+
+def test_what_ifs_keep_the_graphs_timings_and_change_only_what_they_name():
+    def ttft(*args: str) -> float:
+        code, out, err = cli("run", "moa", "--mode", "normal", "--json", "--virtual-clock", *args)
+        assert code == 0, err
+        return float(json.loads(out)["ttft_s"])
+
+    base = ttft()
+    assert ttft("--sim", "p1.seed=1") == base  # the graph's own value: nothing changes
+    slow = ttft("--sim", "p3.decode_tps=10")  # p3 writes 600 tokens at 10/s instead of 60/s
+    assert slow == pytest.approx(base + 599 / 10 - 599 / 60, abs=1e-9)
+    assert ttft("--sim", "latency_s=0.05") == base
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("p3.decode_tps", "--sim 'p3.decode_tps': write [NODE.]KEY=VALUE"),
+        ("p3.speed=3", "--sim 'p3.speed=3': write [NODE.]KEY=VALUE"),
+        ("latency_s=inf", "--sim 'latency_s=inf': write [NODE.]KEY=VALUE"),
+        ("decode_tps=0", "--sim 'decode_tps=0': decode_tps must be > 0"),
+        ("nobody.seed=2", "simulated timing for node 'nobody', which graph 'moa' has no llm node"),
+    ],
+)
+def test_bad_what_ifs_are_one_line_errors(item, message):
+    code, _, err = cli("run", "moa", "--virtual-clock", "--sim", item)
+    assert code == 2 and err.startswith(f"stairflow: error: {message}") and err.count("\n") == 1
+
+
+def test_a_failed_run_still_writes_its_trace(tmp_path):
+    (tmp_path / "fns.py").write_text(
+        "async def boom(inputs):\n    async for _ in inputs:\n        raise RuntimeError('x')\n"
+        "        yield ''\n")
+    graph = tmp_path / "g.toml"
+    graph.write_text('name = "f"\ndefault_input = "hi"\n[nodes.q]\nkind = "input"\n'
+                     '[nodes.f]\nkind = "fn"\nfn = "fns:boom"\n[nodes.o]\nkind = "output"\n'
+                     '[[edges]]\nfrom = "q"\nto = "f"\n[[edges]]\nfrom = "f"\nto = "o"\n')
+    trace = tmp_path / "t.json"
+    code, _, _ = cli("run", str(graph), "--virtual-clock", "--trace", str(trace))
+    assert code == 1
+    kinds = [e["kind"] for e in json.loads(trace.read_text())["events"]]
+    assert "node_error" in kinds and kinds[-1] == "run_error"
+
+
+@pytest.mark.parametrize("where", ["dir", "missing/t.json", "/dev/full"])
+def test_a_bad_trace_path_is_found_before_the_run(tmp_path, where):
+    path = {"dir": str(tmp_path), "missing/t.json": str(tmp_path / "missing" / "t.json")}.get(
+        where, where)
+    code, out, err = cli("run", "moa", "--virtual-clock", "--json", "--trace", path)
+    assert code == 2 and out == ""
+    assert err.startswith(f"stairflow: error: --trace {path}: cannot write there")
+
+
+def test_no_example_message_names_what_the_user_typed(tmp_path, monkeypatch):
+    (tmp_path / "pygraph.py").write_text(textwrap.dedent("""
+        import stairflow as sf
+        graph = sf.Graph("py3")
+        graph.connect(graph.input(), graph.llm("p"))
+        graph.connect("p", graph.output())
+    """))
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli("run", "pygraph:graph", "--virtual-clock")
+    assert code == 2
+    assert err == ("stairflow: error: graph 'py3' has no example message; give one: "
+                   "stairflow run pygraph:graph 'your question'\n")
+
+
+def test_a_missing_local_model_suggests_the_alternatives(monkeypatch):
+    from stairflow._backends import local
+
+    def missing() -> Path:
+        raise local.LocalModelMissing(f"llama-server is not installed; {local.INSTALL_HINT}")
+
+    monkeypatch.setattr(local, "server_binary", missing)
+    code, _, err = cli("run", "moa")
+    assert code == 2
+    assert err.endswith("or run without it: --virtual-clock (simulated), or --base-url URL "
+                        "--model M\n")
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_a_closed_pipe_ends_quietly(json_flag):
+    # `stairflow run moa | head`: the reader has gone away; here before the first write, so
+    # every write meets a closed pipe - no traceback, no "internal error", status 141
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    proc = subprocess.run([EXE, "run", "moa", "--virtual-clock", *json_flag], stdout=write_end,
+                          stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert "error" not in proc.stderr and "Traceback" not in proc.stderr
+    assert "Exception" not in proc.stderr

@@ -1,0 +1,206 @@
+"""Choosing a backend from Python: the same resolution as the command line, user-written
+backends, redaction of secrets, and what a run records when it is cut off."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+import stairflow as sf
+from stairflow._backends.select import plan_endpoints
+from stairflow.testing import run_virtual
+
+
+def mixed_graph() -> sf.FrozenGraph:
+    g = sf.Graph("mixed")
+    g.connect(g.input(), [
+        g.llm("far", base_url="https://b.example/v1", model="big", api_key_env="B_KEY",
+              continuation="chat-restate"),
+        g.llm("near", model="small"),
+        g.llm("plain"),
+    ])
+    g.connect(["far", "near", "plain"], g.llm("agg"))
+    g.connect("agg", g.output())
+    return g.build()
+
+
+def test_a_node_that_names_its_endpoint_uses_it_and_the_others_use_the_default(monkeypatch):
+    monkeypatch.setenv("B_KEY", "k")
+    monkeypatch.setenv("A_KEY", "k")
+    plan = {p.node: p for p in plan_endpoints(
+        mixed_graph(), "auto",
+        {"base_url": "http://a:8000/v1", "model": "dflt", "api_key_env": "A_KEY"})}
+    far = plan["far"]
+    assert (far.base_url, far.model, far.api_key_env, far.continuation) == (
+        "https://b.example/v1", "big", "B_KEY", "chat-restate")
+    assert (plan["near"].base_url, plan["near"].model) == ("http://a:8000/v1", "small")
+    assert (plan["plain"].base_url, plan["plain"].model, plan["plain"].api_key_env) == (
+        "http://a:8000/v1", "dflt", "A_KEY")
+    assert plan["agg"].continuation == "chat-prefix"
+
+
+def test_without_a_default_endpoint_the_others_go_to_the_local_model(monkeypatch):
+    monkeypatch.setenv("B_KEY", "k")
+    plan = {p.node: p for p in plan_endpoints(mixed_graph(), "auto", {})}
+    assert plan["far"].base_url == "https://b.example/v1"
+    local = plan["plain"]
+    assert (local.base_url, local.model, local.continuation, local.prompt_format) == (
+        "<local model>", "gemma-3-270m", "completions", "document")
+    with pytest.raises(sf.ConfigError, match="node 'near' has no endpoint"):
+        plan_endpoints(mixed_graph(), "openai", {})
+    with pytest.raises(sf.ConfigError, match="node 'plain' has no model"):
+        plan_endpoints(mixed_graph(), "openai", {"base_url": "http://a/v1"})
+
+
+def test_sf_run_without_a_backend_does_not_simulate(monkeypatch, tmp_path):
+    # the plain call resolves like the CLI: here the local model, which is "missing"
+    monkeypatch.setenv("STAIRFLOW_LLAMA_SERVER", str(tmp_path / "nope"))
+    g = sf.Graph("g")
+    g.connect(g.input(), g.llm("p"))
+    g.connect("p", g.output())
+    with pytest.raises(sf.ConfigError, match=r"STAIRFLOW_LLAMA_SERVER=.* does not exist"):
+        sf.run(g, "hi")
+    with pytest.raises(sf.ConfigError, match="the virtual clock needs the simulated backend"):
+        sf.run(g, "hi", backend="local", virtual_clock=True)
+    assert sf.run(g, "hi", backend="sim", virtual_clock=True).simulated
+
+
+def test_python_api_errors_are_config_errors():
+    g = sf.Graph("g")
+    g.connect(g.input(), g.llm("p"))
+    g.connect("p", g.output())
+    with pytest.raises(sf.ConfigError, match=r"the message must be a str .*got int"):
+        sf.run(g, 42, virtual_clock=True)  # type: ignore[arg-type]
+    with pytest.raises(sf.ConfigError, match="is not a backend: pass 'auto'"):
+        sf.run(g, "hi", backend=object())  # type: ignore[arg-type]
+    with pytest.raises(sf.ConfigError, match="unknown backend 'gpt'"):
+        sf.run(g, "hi", backend="gpt")  # type: ignore[arg-type]
+    with pytest.raises(sf.ConfigError, match="does not apply to the simulated backend"):
+        sf.run(g, "hi", backend="sim", base_url="http://x/v1")
+
+    async def in_virtual_time() -> None:
+        async with sf.open_run(g, "hi"):
+            pass
+
+    with pytest.raises(sf.ConfigError, match="needs the simulated backend"):
+        trio.run(in_virtual_time, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_what_if_backend_keeps_the_graphs_timing():
+    moa = sf.resolve_graph("moa")
+    normal = run_virtual(moa, None, mode="normal")
+    same = sf.run(moa, mode="normal", virtual_clock=True,
+                  backend=sf.SimBackend(nodes={"p2": {"seed": 2}}))
+    assert same.ttft_s == normal.ttft_s
+    slower = sf.run(moa, mode="normal", virtual_clock=True,
+                    backend=sf.SimBackend(nodes={"p3": {"decode_tps": 30}}))
+    assert slower.ttft_s == pytest.approx(normal.ttft_s + 599 / 30 - 599 / 60)
+
+
+class Shouty:
+    """A user's backend with only the one required method: no name, no simulated flag."""
+
+    def __init__(self, secret: str = "") -> None:
+        self.secret = secret
+
+    @asynccontextmanager
+    async def open_stream(self, request: sf.Request) -> AsyncIterator[Stream]:
+        if self.secret:
+            raise RuntimeError(f"refused, Authorization: Bearer {self.secret}")
+        yield Stream(request.all_text().upper().split()[:3])
+
+    def secret_values(self) -> tuple[str, ...]:
+        return (self.secret,)
+
+
+class Stream:
+    def __init__(self, words: list[str]) -> None:
+        self.words = words
+        self.usage = sf.Usage(prompt_tokens=7)
+        self.finish_reason: str | None = None
+
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> str:
+        if not self.words:
+            self.finish_reason = "stop"
+            raise StopAsyncIteration
+        await trio.sleep(0.5)
+        return self.words.pop(0) + " "
+
+
+def test_a_backend_with_only_open_stream_runs_and_gets_default_attributes():
+    g = sf.Graph("g")
+    g.connect(g.input(), g.llm("p"))
+    g.connect("p", g.output())
+    report = sf.run(g, "why so quiet", backend=Shouty(), virtual_clock=False)
+    assert report.backend == "Shouty" and report.simulated is False
+    assert report.output == "WHY SO QUIET "
+    assert report.nodes["answer"].tokens == report.output_tokens == 3  # not 0
+
+
+def test_secrets_a_backend_names_never_reach_errors_or_the_trace():
+    g = sf.Graph("g")
+    g.connect(g.input(), [g.llm("p", on_error="drop"), g.llm("q")])
+    g.connect(["p", "q"], g.llm("agg"))
+    g.connect("agg", g.output())
+    runs: list[sf.Run] = []
+
+    async def main() -> None:
+        async with sf.open_run(g, "hi", backend=Shouty(secret="sk-live-1234")) as run:
+            runs.append(run)
+
+    with pytest.raises(sf.NodeError) as caught:
+        trio.run(main)
+    assert "sk-live-1234" not in str(caught.value) and "[redacted]" in str(caught.value)
+    errors = [e.data["error"] for e in runs[0].trace if e.kind in ("node_error", "run_error")]
+    assert len(errors) >= 2 and all("[redacted]" in e and "sk-live" not in e for e in errors)
+
+
+def test_cancelling_from_an_outer_scope_still_ends_the_trace():
+    moa = sf.resolve_graph("moa")
+    runs: list[sf.Run] = []
+
+    async def main() -> None:
+        with trio.move_on_after(1.0):
+            async with sf.open_run(moa, backend="sim") as run:
+                runs.append(run)
+                await trio.sleep(10)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    kinds = [e.kind for e in runs[0].trace]
+    assert "request_cancel" in kinds and kinds[-1] == "run_cancel"
+
+
+def test_cut_short_nodes_report_the_prompt_they_were_given():
+    report = run_virtual(sf.resolve_graph("moa"))
+    cut = [e.node for e in report.trace.of("node_cancel")]
+    assert cut, "moa's proposers are still writing when the aggregator ends"
+    for node in cut:
+        assert report.nodes[node].prompt_tokens > 0
+    assert report.nodes["answer"].tokens == report.output_tokens > 0
+
+
+def test_collect_twice_is_a_clear_error(tmp_path: Path):
+    seen: list[str] = []
+
+    async def twice(inputs: sf.Inputs) -> AsyncIterator[str]:
+        await inputs.collect()
+        try:
+            await inputs.collect()
+        except RuntimeError as exc:
+            seen.append(str(exc))
+        yield "done"
+
+    g = sf.Graph("g")
+    g.connect(g.input(), g.fn("f", twice))
+    g.connect("f", g.output())
+    run_virtual(g)
+    assert seen == ["collect() was already called, or every step was already taken; keep the "
+                    "Step it returned"]
