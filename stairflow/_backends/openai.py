@@ -195,8 +195,9 @@ class _Call:
         """What went wrong, from an exception raised while talking to the server."""
         tried = {0: "", 1: " (after 1 retry)"}.get(self.retries, f" (after {self.retries} retries)")
         if isinstance(exc, openai.APIStatusError):
-            hint = {401: "; check the API key variable",
-                    404: "; check the model name and base URL",
+            key = (f"; check the API key in {self.ep.api_key_env}" if self.ep.api_key_env
+                   else "; the endpoint wants an API key: set api_key_env")
+            hint = {401: key, 403: key, 404: "; check the model name and base URL",
                     429: "; rate limited"}.get(exc.status_code, "")
             detail = self.server_text(_status_detail(exc))
             return self.fail(f"HTTP {exc.status_code}{tried}{' ' + detail if detail else ''}"
@@ -218,7 +219,7 @@ class _Call:
             return self.fail(f"malformed data from the server {phase} "
                              f"({self.server_text(f'{type(exc).__name__}: {exc}{seen}')}); "
                              "is this an OpenAI-compatible endpoint?")
-        return self.fail(f"{phase}: {self.server_text(f'{type(exc).__name__}: {exc}')}")
+        return self.fail(f"failed {phase}: {self.server_text(f'{type(exc).__name__}: {exc}')}")
 
 
 def _status_detail(exc: openai.APIStatusError) -> str:
@@ -228,7 +229,8 @@ def _status_detail(exc: openai.APIStatusError) -> str:
     if message.startswith(prefix):  # the client's wording; the status is shown already
         message = message[len(prefix):].lstrip(" -")
     if not message and exc.body is not None:
-        message = exc.body if isinstance(exc.body, str) else repr(exc.body)
+        message = (exc.body if isinstance(exc.body, str)
+                   else json.dumps(exc.body, ensure_ascii=False, default=str))
     return message
 
 

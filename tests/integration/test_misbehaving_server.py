@@ -97,7 +97,7 @@ def test_a_401_that_echoes_the_authorization_header_never_shows_the_key(as_json:
         out = ask(backend(fake.base_url))
     assert auth(fake.posts()[0]) == f"Bearer {KEY}"  # the key was sent, and echoed
     assert out.error == (where(fake) + "HTTP 401 unauthorized: got Bearer [redacted]; "
-                         "check the API key variable")
+                         f"check the API key in {KEY_ENV}")
 
 
 def test_an_sse_error_event_that_echoes_the_key_mid_stream_never_shows_it():
@@ -359,3 +359,10 @@ def test_a_model_the_server_lacks_is_named_before_any_request():
         out = ask(backend(fake.base_url))
     assert out.error == where(fake) + "the server has no such model; it serves a-model, b-model"
     assert fake.posts() == []
+
+
+def test_a_401_without_a_configured_key_says_to_set_one():
+    with fake_openai(lambda ex: ex.json(401, {"error": {"message": "no key"}})) as fake:
+        out = ask(backend(fake.base_url, api_key_env=None))
+    assert auth(fake.posts()[0]) == "Bearer not-needed"
+    assert out.error == where(fake) + "HTTP 401 no key; the endpoint wants an API key: set api_key_env"
