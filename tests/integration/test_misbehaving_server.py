@@ -58,6 +58,10 @@ def ask(b: OpenAIBackend, node: str = "p2", got: threading.Event | None = None) 
     out.tokens = []
 
     async def main() -> None:
+        with trio.fail_after(5):  # a regression fails here instead of hanging the suite
+            await one()
+
+    async def one() -> None:
         async with b, b.open_stream(sf.Request(node, Q, "", 16, 0.0)) as s:
             async for t in s:
                 out.tokens.append(t)
@@ -366,3 +370,9 @@ def test_a_401_without_a_configured_key_says_to_set_one():
         out = ask(backend(fake.base_url, api_key_env=None))
     assert auth(fake.posts()[0]) == "Bearer not-needed"
     assert out.error == where(fake) + "HTTP 401 no key; the endpoint wants an API key: set api_key_env"
+
+
+def test_server_text_in_a_message_is_one_printable_line():
+    with fake_openai(lambda ex: ex.reply(500, "bad\n\nthing\x1b[31m happened\r\n")) as fake:
+        out = ask(backend(fake.base_url))
+    assert out.error == where(fake) + "HTTP 500 bad thing [31m happened"
