@@ -172,6 +172,18 @@ def test_secret_values_are_every_configured_key(monkeypatch: pytest.MonkeyPatch)
     assert b.secret_values() == ("other-secret", KEY)
 
 
+@pytest.mark.parametrize(("field", "value", "fix"), [
+    ("timeout_s", float("inf"), "use a positive, finite number of seconds"),
+    ("read_timeout_s", 0, "use a positive, finite number of seconds"),
+    ("timeout_s", float("nan"), "use a positive, finite number of seconds"),
+    ("max_retries", -1, "use a whole number >= 0"),
+])
+def test_endpoint_limits_are_checked(field: str, value: object, fix: str):
+    with pytest.raises(sf.ConfigError) as info:
+        OpenAIBackend(Endpoint("http://h/v1", "m", **{field: value}))  # type: ignore[arg-type]
+    assert str(info.value) == f"{field}={value!r} for http://h/v1 (model 'm'); {fix}"
+
+
 def test_redact():
     assert redact(f"Bearer {KEY}.", [KEY, ""]) == "Bearer [redacted]."
     assert redact("ab abc", ["ab", "abc"]) == "[redacted] [redacted]"
@@ -236,7 +248,7 @@ def test_headers_never_sent_fail_after_one_read_timeout_without_retries():
         out = ask(backend(fake.base_url, timeout_s=5, read_timeout_s=0.2, max_retries=2))
     assert out.error == (where(fake) + "the server sent nothing for 0.2 s before the answer "
                          "began (read_timeout_s); check the server")
-    assert len(fake.posts()) == 1 and out.elapsed < 1.0  # a timeout is not retried
+    assert len(fake.posts()) == 1 and out.elapsed < 1.5  # a timeout is not retried
 
 
 def test_a_stalled_model_list_fails_after_one_read_timeout():
@@ -244,7 +256,7 @@ def test_a_stalled_model_list_fails_after_one_read_timeout():
         out = ask(backend(fake.base_url, timeout_s=5, read_timeout_s=0.2, max_retries=2))
     assert out.error == (where(fake) + "the server sent nothing for 0.2 s while listing "
                          "models (read_timeout_s); check the server")
-    assert len(fake.seen) == 1 and out.elapsed < 1.0
+    assert len(fake.seen) == 1 and out.elapsed < 1.5
 
 
 def test_the_deadline_covers_the_model_check():
@@ -269,7 +281,7 @@ def test_no_retry_is_started_that_would_end_past_the_deadline():
     with fake_openai(_unavailable) as fake:
         out = ask(backend(fake.base_url, max_retries=5, timeout_s=0.3))
     assert out.error == where(fake) + "HTTP 503 overloaded"  # the first backoff is >= 0.375 s
-    assert len(fake.posts()) == 1 and out.elapsed < 0.3
+    assert len(fake.posts()) == 1 and out.elapsed < 1.0
 
 
 def test_a_429_is_retried_after_the_servers_retry_after():
@@ -279,10 +291,11 @@ def test_a_429_is_retried_after_the_servers_retry_after():
         else:
             stream("Hello", " world")(ex)
 
+    # a backoff (>= 0.375 s) would end past the deadline; the server's 0.05 s does not
     with fake_openai(answer) as fake:
-        out = ask(backend(fake.base_url, max_retries=1))
+        out = ask(backend(fake.base_url, max_retries=1, timeout_s=0.3))
     assert out.error is None and out.tokens == ["Hello", " world"] and out.finish == "stop"
-    assert len(fake.posts()) == 2 and out.elapsed < 0.35  # 0.05 s, not the 0.375 s backoff
+    assert len(fake.posts()) == 2
 
 
 @pytest.fixture
@@ -347,7 +360,7 @@ def test_a_server_gone_mid_stream_is_a_clear_error_not_a_hang(reset: bool):
         out = ask(backend(fake.base_url, read_timeout_s=5), got=got)
     assert out.tokens == ["Hel"]
     assert out.error == where(fake) + "the connection broke mid-answer; did the server stop?"
-    assert out.elapsed < 1.0
+    assert out.elapsed < 2.0
 
 
 def test_a_stream_that_ends_without_a_finish_reason_is_an_error():
