@@ -13,21 +13,32 @@ Continuing a node's partial answer at each staircase step, three ways (``continu
   user message with an instruction to continue it without repeating it. Works everywhere;
   the model may drift at the seam.
 
-`stairflow probe URL` tells which work on an endpoint. Retries with backoff on connection
-errors, 408/409/429 and 5xx before the first token come from the ``openai`` client
-(``max_retries``); a failure mid-stream is an error naming the node, endpoint and model -
-never a hang (``timeout_s`` bounds every wait) and never a silent truncation. API keys are
-read from the environment variable named by ``api_key_env`` and never appear in errors,
-logs or traces.
+`stairflow probe URL` tells which work on an endpoint.
+
+Failures, theory of operation. Every request has a deadline, ``timeout_s`` after it is sent:
+the model check, the retries and every token must come before it, so a server that trickles
+keep-alive comments cannot hold a run forever. Each single wait on the server (connecting,
+the response headers, the next piece of the stream) is bounded by ``read_timeout_s`` too,
+so a server that sends nothing fails in ``min(read_timeout_s, timeout_s)``. Retries are ours,
+not the ``openai`` client's (its ``max_retries`` is 0): only refused connections and
+408/409/429/5xx answers before the first token are retried, with backoff, and never past the
+deadline; a timeout is not retried (the client's retries multiplied the wait). Whatever
+fails becomes a one-line `BackendError` naming the node, endpoint and model, with every
+configured API key redacted (`redact`) from text the server sent back. A finish reason
+other than a normal stop or the length limit (``content_filter``...) fails the node rather
+than asking the model to continue an answer it was not allowed to finish.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import openai
 import trio
@@ -36,12 +47,37 @@ from .._errors import BackendError, ConfigError
 from .._graph import CONTINUATIONS, PROMPT_FORMATS, Continuation
 from .._prompts import Message
 from .base import Request, Usage
+from .redact import one_line, redact
 
 if TYPE_CHECKING:
     from .._graph import FrozenGraph
 
-__all__ = ["CONTINUATIONS", "PROMPT_FORMATS", "Endpoint", "OpenAIBackend", "render_prompt"]
+__all__ = [
+    "CONTINUATIONS",
+    "DEFAULT_READ_TIMEOUT_S",
+    "DEFAULT_TIMEOUT_S",
+    "PROMPT_FORMATS",
+    "Endpoint",
+    "OpenAIBackend",
+    "render_prompt",
+]
 
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT_S = 300.0  # one request, sent to last token: a long answer on a slow server
+DEFAULT_READ_TIMEOUT_S = 60.0  # one wait on the server: a long prompt's prefill
+
+# finish reasons servers use for a normal end / for the token limit (OpenAI, vLLM, llama.cpp,
+# TGI, Anthropic-style gateways); anything else ends the node with an error
+STOP_REASONS = frozenset({"stop", "eos", "eos_token", "end_turn", "stop_sequence"})
+LENGTH_REASONS = frozenset({"length", "max_tokens"})
+
+RETRY_STATUS = frozenset({408, 409, 429})  # and every 5xx
+BACKOFF_S = 0.5  # first wait before a retry; doubles, up to MAX_BACKOFF_S
+MAX_BACKOFF_S = 8.0
+MAX_RETRY_AFTER_S = 60.0  # a server's Retry-After is honoured up to this (and the deadline)
+
+BODY_CHARS = 200  # of an error text the server sent, shown in a message
 
 RESTATE = (
     "Here is the beginning of your answer. Continue it exactly where it stops, without "
@@ -51,19 +87,31 @@ RESTATE = (
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where and how an llm node reaches its model."""
+    """Where and how an llm node reaches its model.
+
+    ``timeout_s`` is the deadline of one request, from sending it to its last token (model
+    check and retries included); ``read_timeout_s`` bounds each single wait on the server
+    (connecting, the response headers, the next piece of the stream) and is capped by
+    ``timeout_s``. ``max_retries`` counts retries of refused connections and 408/409/429/5xx
+    answers before the first token.
+    """
 
     base_url: str
     model: str
     api_key_env: str | None = None  # the *name* of the variable holding the key
     continuation: Continuation = "chat-prefix"
     prompt_format: str = "chatml"  # for "completions"
-    timeout_s: float = 60.0
+    timeout_s: float = DEFAULT_TIMEOUT_S
     max_retries: int = 2
     extra_body: Mapping[str, Any] | None = None
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
 
     def describe(self) -> str:
         return f"{self.base_url} (model {self.model!r})"
+
+    def wait_s(self) -> float:
+        """The bound on each single wait on the server."""
+        return min(self.read_timeout_s, self.timeout_s)
 
     def check(self) -> Endpoint:
         if self.continuation not in CONTINUATIONS:
@@ -74,6 +122,16 @@ class Endpoint:
                               f"{', '.join(PROMPT_FORMATS)}")
         if not self.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"base_url={self.base_url!r}; use an http(s):// URL ending in /v1")
+        for name in ("timeout_s", "read_timeout_s"):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not math.isfinite(value) or value <= 0):
+                raise ConfigError(f"{name}={value!r} for {self.describe()}; use a positive, "
+                                  "finite number of seconds")
+        if (isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int)
+                or self.max_retries < 0):
+            raise ConfigError(f"max_retries={self.max_retries!r} for {self.describe()}; use a "
+                              "whole number >= 0")
         return self
 
 
@@ -106,15 +164,92 @@ def render_prompt(fmt: str, messages: Sequence[Message], prefix: str) -> str:
     return "".join(parts) + f"<|im_start|>assistant\n{prefix}"
 
 
+Phase = Literal["while listing models", "before the answer began", "mid-answer"]
+
+
+@dataclass
+class _Call:
+    """One request: who asked, where to, its deadline, and the secrets its messages hide."""
+
+    node: str
+    ep: Endpoint
+    deadline: float  # trio time
+    secrets: tuple[str, ...]
+    retries: int = 0  # taken so far
+
+    def fail(self, message: str) -> BackendError:
+        """The node's error: one line, naming endpoint and model, with no key in it."""
+        text = one_line(redact(f"{self.ep.describe()}: {message}", self.secrets))
+        return BackendError(self.node, text)
+
+    def late(self) -> BackendError:
+        return self.fail(f"no complete answer within timeout_s = {self.ep.timeout_s:g} s; raise "
+                         "timeout_s (in the graph file, or --timeout on the command line) or "
+                         "check the server")
+
+    def server_text(self, text: str) -> str:
+        """Text the server sent, fit for a message: keys out first, then cut short."""
+        return one_line(redact(text, self.secrets), BODY_CHARS)
+
+    def error(self, exc: Exception, phase: Phase) -> BackendError:
+        """What went wrong, from an exception raised while talking to the server."""
+        tried = {0: "", 1: " (after 1 retry)"}.get(self.retries, f" (after {self.retries} retries)")
+        if isinstance(exc, openai.APIStatusError):
+            key = (f"; check the API key in {self.ep.api_key_env}" if self.ep.api_key_env
+                   else "; the endpoint wants an API key: set api_key_env")
+            hint = {401: key, 403: key, 404: "; check the model name and base URL",
+                    429: "; rate limited"}.get(exc.status_code, "")
+            detail = self.server_text(_status_detail(exc))
+            return self.fail(f"HTTP {exc.status_code}{tried}{' ' + detail if detail else ''}"
+                             f"{hint}")
+        if isinstance(exc, openai.APITimeoutError):
+            return self.fail(f"the server sent nothing for {self.ep.wait_s():g} s {phase} "
+                             "(read_timeout_s); check the server")
+        if isinstance(exc, openai.APIConnectionError):
+            if phase == "mid-answer":
+                return self.fail("the connection broke mid-answer; did the server stop?")
+            return self.fail(f"cannot connect{tried}; is the server running?")
+        if isinstance(exc, openai.APIError):  # an error event in the stream
+            return self.fail(f"the server reported an error {phase}: "
+                             f"{self.server_text(exc.message)}")
+        if isinstance(exc, ValueError):  # json.JSONDecodeError and the like
+            # the start of the bad data helps; keys out before it is cut short
+            seen = (f" in {redact(exc.doc, self.secrets)[:60]!r}"
+                    if isinstance(exc, json.JSONDecodeError) else "")
+            return self.fail(f"malformed data from the server {phase} "
+                             f"({self.server_text(f'{type(exc).__name__}: {exc}{seen}')}); "
+                             "is this an OpenAI-compatible endpoint?")
+        return self.fail(f"failed {phase}: {self.server_text(f'{type(exc).__name__}: {exc}')}")
+
+
+def _status_detail(exc: openai.APIStatusError) -> str:
+    """The server's own words: the error message it sent, or its whole body."""
+    message = exc.message
+    prefix = f"Error code: {exc.status_code}"
+    if message.startswith(prefix):  # the client's wording; the status is shown already
+        message = message[len(prefix):].lstrip(" -")
+    if not message and exc.body is not None:
+        message = (exc.body if isinstance(exc.body, str)
+                   else json.dumps(exc.body, ensure_ascii=False, default=str))
+    return message
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    try:
+        value = float(exc.response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return value if 0 < value <= MAX_RETRY_AFTER_S else None
+
+
 class _Stream:
     """Adapts an openai stream to the backend protocol; fixes the whitespace seam."""
 
-    def __init__(self, chunks: Any, seam_ws: str, chat: bool, where: str, node: str) -> None:
+    def __init__(self, chunks: Any, seam_ws: str, chat: bool, call: _Call) -> None:
         self._chunks = chunks.__aiter__()
         self._seam_ws = seam_ws  # whitespace stripped off the prefix before sending
         self._chat = chat
-        self._where = where
-        self._node = node
+        self._call = call
         self.usage = Usage()
         self.finish_reason: str | None = None
 
@@ -123,46 +258,64 @@ class _Stream:
 
     async def __anext__(self) -> str:
         while True:
-            try:
-                chunk = await self._chunks.__anext__()
-            except StopAsyncIteration:
-                if self.finish_reason is None:
-                    raise BackendError(self._node, f"{self._where}: the stream ended without a "
-                                       "finish reason (connection cut mid-answer?)") from None
-                raise
-            except openai.OpenAIError as exc:
-                raise _error(self._node, self._where, exc) from None
-            if getattr(chunk, "usage", None):
-                u = chunk.usage
-                details = getattr(u, "prompt_tokens_details", None)
-                self.usage = Usage(u.prompt_tokens or 0, getattr(details, "cached_tokens", 0) or 0,
-                                   u.completion_tokens or 0)
-            if not chunk.choices:
-                continue
-            choice = chunk.choices[0]
-            if choice.finish_reason:
-                self.finish_reason = "stop" if choice.finish_reason == "stop" else "length"
-            text = (choice.delta.content if self._chat else choice.text) or ""
-            if self._seam_ws and text:
-                # the prefix lost its trailing whitespace; don't let the seam double it
-                text = text.lstrip() if text[:1].isspace() else text
-                self._seam_ws = ""
+            with trio.move_on_at(self._call.deadline) as waited:
+                try:
+                    chunk = await self._chunks.__anext__()
+                except StopAsyncIteration:
+                    if self.finish_reason is None:
+                        raise self._call.fail("the stream ended without a finish reason "
+                                              "(connection cut mid-answer?)") from None
+                    raise
+                except Exception as exc:  # whatever breaks mid-stream, name the endpoint
+                    raise self._call.error(exc, "mid-answer") from None
+            if waited.cancelled_caught:
+                raise self._call.late()
+            text = self._take(chunk)
             if text:
                 return text
 
+    def _take(self, chunk: Any) -> str:
+        """The text of one chunk; notes its usage and finish reason."""
+        try:
+            if getattr(chunk, "usage", None):
+                u = chunk.usage
+                details = getattr(u, "prompt_tokens_details", None)
+                self.usage = Usage(int(u.prompt_tokens or 0),
+                                   int(getattr(details, "cached_tokens", 0) or 0),
+                                   int(u.completion_tokens or 0))
+            if not chunk.choices:
+                return ""
+            choice = chunk.choices[0]
+            reason = choice.finish_reason
+            text = (choice.delta.content if self._chat else choice.text) or ""
+        except (AttributeError, TypeError, ValueError, IndexError, KeyError) as exc:
+            raise self._call.error(ValueError(f"{type(exc).__name__}: {exc}"),
+                                   "mid-answer") from None
+        if not isinstance(text, str):
+            raise self._call.error(ValueError(f"text is {type(text).__name__}"), "mid-answer")
+        if reason:
+            self.finish_reason = self._finish(reason)
+        if self._seam_ws and text:
+            # the prefix lost its trailing whitespace; don't let the seam double it
+            text = text.lstrip() if text[:1].isspace() else text
+            self._seam_ws = ""
+        return text
 
-def _error(node: str, where: str, exc: BaseException) -> BackendError:
-    if isinstance(exc, openai.APIStatusError):
-        what = f"HTTP {exc.status_code}"
-        hint = {401: "check the API key variable", 404: "check the model name and base URL",
-                429: "rate limited (retries exhausted)"}.get(exc.status_code, "")
-        body = getattr(exc, "message", "") or ""
-        return BackendError(node, f"{where}: {what} {body[:200]}{'; ' + hint if hint else ''}")
-    if isinstance(exc, openai.APITimeoutError):
-        return BackendError(node, f"{where}: timed out; raise timeout_s or check the server")
-    if isinstance(exc, openai.APIConnectionError):
-        return BackendError(node, f"{where}: cannot connect; is the server running?")
-    return BackendError(node, f"{where}: {type(exc).__name__}: {exc}")
+    def _finish(self, reason: object) -> str:
+        if reason in LENGTH_REASONS:
+            return "length"
+        if reason in STOP_REASONS:
+            return "stop"
+        # continuing a filtered or aborted answer would ask the model for what it refused
+        shown = self._call.server_text(repr(reason))
+        raise self._call.fail(f"the endpoint ended the answer with finish_reason {shown}; "
+                              "stairflow continues only answers cut by the length limit "
+                              "(on_error = \"drop\" lets the run go on without this node)")
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 class OpenAIBackend:
@@ -174,9 +327,17 @@ class OpenAIBackend:
         self.default = default.check()
         self.nodes = {k: v.check() for k, v in (nodes or {}).items()}
         self.name = f"openai {default.base_url}"
-        self._clients: dict[tuple[str, str | None, float, int], openai.AsyncOpenAI] = {}
+        self._clients: dict[tuple[str, str | None, float], openai.AsyncOpenAI] = {}
+        self._keys: set[str] = set()  # every key a client was made with
         self._models: dict[str, set[str] | None] = {}  # per base URL; None: cannot list
         self.active = 0
+
+    def secret_values(self) -> tuple[str, ...]:
+        """The API keys in use (read from each endpoint's ``api_key_env``), for redacting
+        them from anything shown or recorded."""
+        names = {ep.api_key_env for ep in (self.default, *self.nodes.values()) if ep.api_key_env}
+        values = {os.environ.get(name, "") for name in names} | self._keys
+        return tuple(sorted(v for v in values if v))
 
     async def aclose(self) -> None:
         """Close the HTTP connection pools (also done by ``async with backend:``)."""
@@ -196,77 +357,120 @@ class OpenAIBackend:
         return replace(ep, model=model) if model and node not in self.nodes else ep
 
     def _client(self, ep: Endpoint) -> openai.AsyncOpenAI:
-        key = (ep.base_url, ep.api_key_env, ep.timeout_s, ep.max_retries)
+        key = (ep.base_url, ep.api_key_env, ep.wait_s())
         if key not in self._clients:
             api_key = os.environ.get(ep.api_key_env, "") if ep.api_key_env else ""
             if ep.api_key_env and not api_key:
                 raise ConfigError(f"environment variable {ep.api_key_env} (the API key for "
                                   f"{ep.base_url}) is not set")
+            if api_key:
+                self._keys.add(api_key)
+            # one float bounds connect, write, pool and each read; retries are ours (_send)
             self._clients[key] = openai.AsyncOpenAI(
                 base_url=ep.base_url, api_key=api_key or "not-needed",
-                timeout=ep.timeout_s, max_retries=ep.max_retries)
+                timeout=ep.wait_s(), max_retries=0)
         return self._clients[key]
 
     @asynccontextmanager
     async def open_stream(self, request: Request) -> AsyncIterator[_Stream]:
         ep = self.endpoint_for(request.node, request.model)
-        where = ep.describe()
+        call = _Call(request.node, ep, trio.current_time() + ep.timeout_s, self.secret_values())
         try:
             client = self._client(ep)
         except ConfigError as exc:
             raise BackendError(request.node, str(exc)) from None
-        await self._check_model(client, ep, request.node)
         prefix = request.prefix.rstrip()
         seam = request.prefix[len(prefix):]
+        stream: Any = None
+        with trio.move_on_at(call.deadline) as opening:
+            await self._check_model(client, call)
+            stream = await self._create(client, call, request, prefix)
+        if opening.cancelled_caught:
+            raise call.late()
+        chat = ep.continuation != "completions"
+        self.active += 1
+        adapted = _Stream(stream, seam if prefix else "", chat, call)
+        try:
+            yield adapted
+        finally:
+            self.active -= 1
+            # closing the response frees the server's slot; do it even when cancelled
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await adapted.aclose()
+                await stream.close()
+
+    async def _create(self, client: openai.AsyncOpenAI, call: _Call, request: Request,
+                      prefix: str) -> Any:
+        """Send the request; the stream once the server has answered 200."""
+        ep = call.ep
         common: dict[str, Any] = {
             "model": ep.model, "max_tokens": request.max_tokens,
             "temperature": request.temperature, "stream": True,
             "stream_options": {"include_usage": True},
         }
         extra = dict(ep.extra_body or {})
-        chat = ep.continuation != "completions"
         try:
             if ep.continuation == "completions":
-                stream = await client.completions.create(
-                    prompt=render_prompt(ep.prompt_format, request.messages, prefix),
-                    extra_body=extra or None, **common)
-            else:
-                messages: list[Any] = [{"role": m.role, "content": m.content}
-                                       for m in request.messages]
-                if prefix and ep.continuation == "chat-prefix":
-                    messages.append({"role": "assistant", "content": prefix})
-                    extra |= {"continue_final_message": True, "add_generation_prompt": False}
-                elif prefix:
-                    messages[-1] = {"role": "user", "content": messages[-1]["content"] + "\n\n"
-                                    + RESTATE.format(prefix=prefix)}
-                stream = await client.chat.completions.create(
-                    messages=messages, extra_body=extra or None, **common)
+                prompt = render_prompt(ep.prompt_format, request.messages, prefix)
+                return await self._send(call, lambda: client.completions.create(
+                    prompt=prompt, extra_body=extra or None, **common))
+            messages: list[Any] = [{"role": m.role, "content": m.content}
+                                   for m in request.messages]
+            if prefix and ep.continuation == "chat-prefix":
+                messages.append({"role": "assistant", "content": prefix})
+                extra |= {"continue_final_message": True, "add_generation_prompt": False}
+            elif prefix:
+                messages[-1] = {"role": "user", "content": messages[-1]["content"] + "\n\n"
+                                + RESTATE.format(prefix=prefix)}
+            return await self._send(call, lambda: client.chat.completions.create(
+                messages=messages, extra_body=extra or None, **common))
         except openai.OpenAIError as exc:
-            raise _error(request.node, where, exc) from None
-        self.active += 1
-        try:
-            yield _Stream(stream, seam if prefix else "", chat, where, request.node)
-        finally:
-            self.active -= 1
-            # closing the response frees the server's slot; do it even when cancelled
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await stream.close()
+            raise call.error(exc, "before the answer began") from None
 
-    async def _check_model(self, client: openai.AsyncOpenAI, ep: Endpoint, node: str) -> None:
+    async def _send(self, call: _Call, attempt: Callable[[], Awaitable[T]]) -> T:
+        """``attempt()``, retried on refused connections and 408/409/429/5xx with backoff,
+        ``max_retries`` times at most and never past the deadline; else its last error."""
+        while True:
+            try:
+                return await attempt()
+            except openai.APIStatusError as exc:
+                retry = exc.status_code in RETRY_STATUS or exc.status_code >= 500
+                delay = self._retry_delay(call, retry, _retry_after(exc))
+                if delay is None:
+                    raise
+            except openai.APITimeoutError:
+                raise  # a server that does not answer in time will not answer a retry sooner
+            except openai.APIConnectionError:
+                delay = self._retry_delay(call, True, None)
+                if delay is None:
+                    raise
+            await trio.sleep(delay)
+            call.retries += 1
+
+    @staticmethod
+    def _retry_delay(call: _Call, retry: bool, asked: float | None) -> float | None:
+        if not retry or call.retries >= call.ep.max_retries:
+            return None
+        backoff = min(BACKOFF_S * 2 ** call.retries, MAX_BACKOFF_S) * random.uniform(0.75, 1)
+        delay = asked if asked is not None else backoff
+        return delay if trio.current_time() + delay < call.deadline else None
+
+    async def _check_model(self, client: openai.AsyncOpenAI, call: _Call) -> None:
         """Fail early, and clearly, on a model the endpoint does not serve."""
+        ep = call.ep
         if ep.base_url not in self._models:
             try:
-                listed = await client.models.list()
-                self._models[ep.base_url] = {m.id for m in listed.data} or None
-            except openai.APIStatusError:
+                listed = await self._send(call, lambda: client.models.list())
+                self._models[ep.base_url] = {str(m.id) for m in listed.data} or None
+            except (openai.APIStatusError, AttributeError, TypeError, ValueError):
                 self._models[ep.base_url] = None  # the server cannot list models: skip
             except openai.OpenAIError as exc:
-                raise _error(node, ep.describe(), exc) from None
+                raise call.error(exc, "while listing models") from None
         known = self._models[ep.base_url]
         if known is not None and ep.model not in known:
             shown = ", ".join(sorted(known)[:5]) + (" ..." if len(known) > 5 else "")
-            raise BackendError(node, f"{ep.describe()}: the server has no such model; it "
-                               f"serves {shown}")
+            raise call.fail(f"the server has no such model; it serves "
+                            f"{call.server_text(shown)}")
 
     @classmethod
     def for_graph(

@@ -1,0 +1,391 @@
+"""The OpenAI-compatible backend against a real server that misbehaves on purpose.
+
+Every test talks HTTP over a loopback socket to `fake_openai` (real chunked responses, real
+server-sent events): keys echoed back, streams that trickle, stall, break or lie. Deadlines
+and delays are fractions of a second, so each test takes well under two seconds; the timing
+bounds below are loose on purpose (they tell "one wait" from "several", not milliseconds).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import trio
+
+import stairflow as sf
+from stairflow._backends.openai import Endpoint, OpenAIBackend
+from stairflow._backends.redact import redact
+from stairflow._prompts import Message
+
+from .fake_openai import Exchange, FakeOpenAI, Script, fake_openai, serve_models, stream
+
+pytestmark = pytest.mark.integration
+
+KEY = "sk-fake/Zq8+key-4f2a9c"  # "/" and "+": JSON and URLs may spell it differently
+KEY_ENV = "STAIRFLOW_FAKE_KEY"
+Q = (Message("user", "Why is the sky blue?"),)
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
+
+
+def backend(url: str, **fields: Any) -> OpenAIBackend:
+    fields.setdefault("api_key_env", KEY_ENV)
+    fields.setdefault("max_retries", 0)
+    return OpenAIBackend(Endpoint(url, "m", **fields))
+
+
+class Outcome:
+    """What the client saw: the tokens, then the finish reason or the error; and how long."""
+
+    tokens: list[str]
+    finish: str | None = None
+    error: str | None = None
+    elapsed: float = 0.0
+
+
+def ask(b: OpenAIBackend, node: str = "p2", got: threading.Event | None = None) -> Outcome:
+    """One request; ``got`` is set once the client has a token (for the server to wait on)."""
+    out = Outcome()
+    out.tokens = []
+
+    async def main() -> None:
+        with trio.fail_after(5):  # a regression fails here instead of hanging the suite
+            await one()
+
+    async def one() -> None:
+        async with b, b.open_stream(sf.Request(node, Q, "", 16, 0.0)) as s:
+            async for t in s:
+                out.tokens.append(t)
+                if got:
+                    got.set()
+        out.finish = s.finish_reason
+
+    start = time.monotonic()
+    try:
+        trio.run(main)
+    except sf.BackendError as exc:
+        out.error = str(exc)
+        assert exc.node == node
+    out.elapsed = time.monotonic() - start
+    return out
+
+
+def where(fake: FakeOpenAI) -> str:
+    return f"node 'p2' failed: {fake.base_url} (model 'm'): "
+
+
+def auth(ex: Exchange) -> str:
+    return ex.headers.get("Authorization", "")
+
+
+# -- keys never in messages -------------------------------------------------------------------
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text-body", "json-body"])
+def test_a_401_that_echoes_the_authorization_header_never_shows_the_key(as_json: bool):
+    def answer(ex: Exchange) -> None:
+        if as_json:
+            ex.json(401, {"error": {"message": f"unauthorized: got {auth(ex)}"}})
+        else:
+            ex.reply(401, f"unauthorized: got {auth(ex)}")
+
+    with fake_openai(answer) as fake:
+        out = ask(backend(fake.base_url))
+    assert auth(fake.posts()[0]) == f"Bearer {KEY}"  # the key was sent, and echoed
+    assert out.error == (where(fake) + "HTTP 401 unauthorized: got Bearer [redacted]; "
+                         f"check the API key in {KEY_ENV}")
+
+
+def test_an_sse_error_event_that_echoes_the_key_mid_stream_never_shows_it():
+    def answer(ex: Exchange) -> None:
+        ex.sse()
+        ex.token("Hello")
+        ex.event({"error": {"message": f"key {auth(ex)} revoked", "type": "auth"}})
+        ex.done()
+
+    with fake_openai(answer) as fake:
+        out = ask(backend(fake.base_url))
+    assert out.tokens == ["Hello"]
+    assert out.error == (where(fake) + "the server reported an error mid-answer: "
+                         "key Bearer [redacted] revoked")
+
+
+def _malformed(ex: Exchange) -> None:
+    ex.sse()
+    ex.event(f"{{not json {auth(ex)}")
+    ex.done()
+
+
+def _reason(ex: Exchange) -> None:
+    stream(finish=KEY)(ex)
+
+
+def _json_escaped(ex: Exchange) -> None:
+    ex.reply(403, json.dumps({"detail": KEY}).replace("/", "\\/"))
+
+
+def _url_escaped(ex: Exchange) -> None:
+    ex.reply(500, f"bad request to /v1?key={KEY.replace('/', '%2F').replace('+', '%2B')}")
+
+
+def _long_body(ex: Exchange) -> None:
+    # a cut at 200 characters must not leave the start of the key behind
+    ex.reply(500, "x" * 190 + KEY)
+
+
+LEAKS: dict[str, tuple[Script, Script | None]] = {
+    "malformed-data": (_malformed, None),
+    "finish-reason": (_reason, None),
+    "model-ids": (stream("x"), serve_models("a", KEY)),
+    "json-escaped": (_json_escaped, None),
+    "url-escaped": (_url_escaped, None),
+    "long-body": (_long_body, None),
+}
+
+
+@pytest.mark.parametrize("leak", LEAKS)
+def test_keys_are_redacted_wherever_the_server_puts_them(leak: str):
+    answer, models = LEAKS[leak]
+    with fake_openai(answer, models) as fake:
+        out = ask(backend(fake.base_url))
+    assert out.error is not None and out.error.startswith(where(fake))
+    assert KEY[:6] not in out.error
+    if leak != "long-body":
+        assert "[redacted]" in out.error
+
+
+def test_secret_values_are_every_configured_key(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("STAIRFLOW_OTHER_KEY", "other-secret")
+    monkeypatch.delenv("STAIRFLOW_UNSET_KEY", raising=False)
+    b = OpenAIBackend(Endpoint("http://127.0.0.1:9/v1", "m", KEY_ENV),
+                      {"a": Endpoint("http://127.0.0.1:9/v1", "m", "STAIRFLOW_OTHER_KEY"),
+                       "b": Endpoint("http://127.0.0.1:9/v1", "m"),
+                       "c": Endpoint("http://127.0.0.1:9/v1", "m", "STAIRFLOW_UNSET_KEY")})
+    assert b.secret_values() == ("other-secret", KEY)
+
+
+@pytest.mark.parametrize(("field", "value", "fix"), [
+    ("timeout_s", float("inf"), "use a positive, finite number of seconds"),
+    ("read_timeout_s", 0, "use a positive, finite number of seconds"),
+    ("timeout_s", float("nan"), "use a positive, finite number of seconds"),
+    ("max_retries", -1, "use a whole number >= 0"),
+])
+def test_endpoint_limits_are_checked(field: str, value: object, fix: str):
+    with pytest.raises(sf.ConfigError) as info:
+        OpenAIBackend(Endpoint("http://h/v1", "m", **{field: value}))  # type: ignore[arg-type]
+    assert str(info.value) == f"{field}={value!r} for http://h/v1 (model 'm'); {fix}"
+
+
+def test_redact():
+    assert redact(f"Bearer {KEY}.", [KEY, ""]) == "Bearer [redacted]."
+    assert redact("ab abc", ["ab", "abc"]) == "[redacted] [redacted]"
+    assert redact(json.dumps(KEY).replace("/", "\\/"), [KEY]) == '"[redacted]"'
+    assert redact("nothing here", []) == "nothing here"
+
+
+def test_a_dropped_node_leaves_no_key_in_the_trace():
+    def answer(ex: Exchange) -> None:
+        if ex.model == "leaky":
+            ex.reply(401, f"who is {auth(ex)}?")
+        else:
+            stream("fine", " answer")(ex)
+
+    g = sf.Graph("leak", defaults={"max_tokens": 8})
+    g.input("q")
+    g.llm("ok")
+    g.llm("leaky", on_error="drop")
+    g.llm("agg", prompt="moa-aggregate")
+    g.connect("q", ["ok", "leaky"])
+    g.connect(["ok", "leaky"], "agg")
+    g.connect("agg", g.output("out"))
+    fg = g.build()
+
+    with fake_openai(answer, serve_models("m", "leaky")) as fake:
+        default = Endpoint(fake.base_url, "m", KEY_ENV, max_retries=0)
+        b = OpenAIBackend(default, {"leaky": Endpoint(fake.base_url, "leaky", KEY_ENV,
+                                                      max_retries=0)})
+
+        async def main() -> sf.Report:
+            async with b, sf.open_run(fg, "Why?", backend=b) as run:
+                async for _ in run:
+                    pass
+            return run.report()
+
+        report = trio.run(main)
+    error = report.trace.of("node_error", "leaky")[0].data["error"]
+    assert "who is Bearer [redacted]?" in error
+    assert KEY not in json.dumps(report.trace.to_json())
+
+
+# -- bounded time to a clear error ------------------------------------------------------------
+
+def test_a_server_that_trickles_keep_alive_comments_is_stopped_by_the_deadline():
+    def answer(ex: Exchange) -> None:
+        ex.sse()
+        ex.token("Hello")
+        while not ex.stop.wait(0.02):  # an SSE comment every 20 ms, forever
+            ex.comment()
+
+    with fake_openai(answer) as fake:
+        out = ask(backend(fake.base_url, timeout_s=0.5, read_timeout_s=0.2))
+    assert out.tokens == ["Hello"]
+    assert out.error == (where(fake) + "no complete answer within timeout_s = 0.5 s; raise "
+                         "timeout_s (in the graph file, or --timeout on the command line) or "
+                         "check the server")
+    assert 0.5 <= out.elapsed < 1.5
+
+
+def test_headers_never_sent_fail_after_one_read_timeout_without_retries():
+    with fake_openai(Exchange.stall) as fake:
+        out = ask(backend(fake.base_url, timeout_s=5, read_timeout_s=0.2, max_retries=2))
+    assert out.error == (where(fake) + "the server sent nothing for 0.2 s before the answer "
+                         "began (read_timeout_s); check the server")
+    assert len(fake.posts()) == 1 and out.elapsed < 1.5  # a timeout is not retried
+
+
+def test_a_stalled_model_list_fails_after_one_read_timeout():
+    with fake_openai(stream("x"), Exchange.stall) as fake:
+        out = ask(backend(fake.base_url, timeout_s=5, read_timeout_s=0.2, max_retries=2))
+    assert out.error == (where(fake) + "the server sent nothing for 0.2 s while listing "
+                         "models (read_timeout_s); check the server")
+    assert len(fake.seen) == 1 and out.elapsed < 1.5
+
+
+def test_the_deadline_covers_the_model_check():
+    with fake_openai(stream("x"), Exchange.stall) as fake:
+        out = ask(backend(fake.base_url, timeout_s=0.3, read_timeout_s=5))
+    assert out.error is not None and "no complete answer within timeout_s = 0.3 s" in out.error
+    assert out.elapsed < 1.0
+
+
+def _unavailable(ex: Exchange) -> None:
+    ex.json(503, {"error": {"message": "overloaded"}})
+
+
+def test_an_answer_of_5xx_is_retried_max_retries_times():
+    with fake_openai(_unavailable) as fake:
+        out = ask(backend(fake.base_url, max_retries=1))
+    assert out.error == where(fake) + "HTTP 503 (after 1 retry) overloaded"
+    assert len(fake.posts()) == 2
+
+
+def test_no_retry_is_started_that_would_end_past_the_deadline():
+    with fake_openai(_unavailable) as fake:
+        out = ask(backend(fake.base_url, max_retries=5, timeout_s=0.3))
+    assert out.error == where(fake) + "HTTP 503 overloaded"  # the first backoff is >= 0.375 s
+    assert len(fake.posts()) == 1 and out.elapsed < 1.0
+
+
+def test_a_429_is_retried_after_the_servers_retry_after():
+    def answer(ex: Exchange) -> None:
+        if len(fake.posts()) == 1:
+            ex.json(429, {"error": {"message": "slow down"}}, {"Retry-After": "0.05"})
+        else:
+            stream("Hello", " world")(ex)
+
+    # a backoff (>= 0.375 s) would end past the deadline; the server's 0.05 s does not
+    with fake_openai(answer) as fake:
+        out = ask(backend(fake.base_url, max_retries=1, timeout_s=0.3))
+    assert out.error is None and out.tokens == ["Hello", " world"] and out.finish == "stop"
+    assert len(fake.posts()) == 2
+
+
+@pytest.fixture
+def refused_url() -> Iterator[str]:
+    with socket.socket() as s:  # bound, never listening: connections are refused
+        s.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+
+
+def test_a_refused_connection_is_retried_then_a_clear_error(refused_url: str):
+    out = ask(backend(refused_url, max_retries=1))
+    assert out.error == (f"node 'p2' failed: {refused_url} (model 'm'): cannot connect "
+                         "(after 1 retry); is the server running?")
+
+
+# -- streams that break or lie ----------------------------------------------------------------
+
+def test_malformed_sse_data_names_the_endpoint_and_model():
+    def answer(ex: Exchange) -> None:
+        ex.sse()
+        ex.token("Hello")
+        ex.event("{this is not json")
+        ex.done()
+
+    with fake_openai(answer) as fake:
+        out = ask(backend(fake.base_url))
+    assert out.tokens == ["Hello"]
+    assert out.error == (where(fake) + "malformed data from the server mid-answer "
+                         "(JSONDecodeError: Expecting property name enclosed in double quotes: "
+                         "line 1 column 2 (char 1) in '{this is not json'); is this an "
+                         "OpenAI-compatible endpoint?")
+
+
+@pytest.mark.parametrize(("sent", "seen"), [("stop", "stop"), ("length", "length"),
+                                            ("eos", "stop"), ("max_tokens", "length")])
+def test_normal_finish_reasons(sent: str, seen: str):
+    with fake_openai(stream("Hello", " world", finish=sent)) as fake:
+        out = ask(backend(fake.base_url))
+    assert out.error is None and out.tokens == ["Hello", " world"] and out.finish == seen
+
+
+def test_a_content_filter_finish_fails_the_node_instead_of_continuing():
+    with fake_openai(stream("Hello", finish="content_filter")) as fake:
+        out = ask(backend(fake.base_url))
+    assert out.tokens == ["Hello"]
+    assert out.error == (where(fake) + "the endpoint ended the answer with finish_reason "
+                         "'content_filter'; stairflow continues only answers cut by the length "
+                         "limit (on_error = \"drop\" lets the run go on without this node)")
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "killed"])
+def test_a_server_gone_mid_stream_is_a_clear_error_not_a_hang(reset: bool):
+    got = threading.Event()
+
+    def answer(ex: Exchange) -> None:
+        ex.sse()
+        ex.token("Hel")
+        got.wait(5)  # an RST may discard what the client has not read yet
+        ex.cut(reset)
+
+    with fake_openai(answer) as fake:
+        out = ask(backend(fake.base_url, read_timeout_s=5), got=got)
+    assert out.tokens == ["Hel"]
+    assert out.error == where(fake) + "the connection broke mid-answer; did the server stop?"
+    assert out.elapsed < 2.0
+
+
+def test_a_stream_that_ends_without_a_finish_reason_is_an_error():
+    with fake_openai(stream("Hello", finish=None)) as fake:
+        out = ask(backend(fake.base_url))
+    assert out.tokens == ["Hello"]
+    assert out.error == (where(fake) + "the stream ended without a finish reason "
+                         "(connection cut mid-answer?)")
+
+
+def test_a_model_the_server_lacks_is_named_before_any_request():
+    with fake_openai(stream("x"), serve_models("b-model", "a-model")) as fake:
+        out = ask(backend(fake.base_url))
+    assert out.error == where(fake) + "the server has no such model; it serves a-model, b-model"
+    assert fake.posts() == []
+
+
+def test_a_401_without_a_configured_key_says_to_set_one():
+    with fake_openai(lambda ex: ex.json(401, {"error": {"message": "no key"}})) as fake:
+        out = ask(backend(fake.base_url, api_key_env=None))
+    assert auth(fake.posts()[0]) == "Bearer not-needed"
+    assert out.error == where(fake) + "HTTP 401 no key; the endpoint wants an API key: set api_key_env"
+
+
+def test_server_text_in_a_message_is_one_printable_line():
+    with fake_openai(lambda ex: ex.reply(500, "bad\n\nthing\x1b[31m happened\r\n")) as fake:
+        out = ask(backend(fake.base_url))
+    assert out.error == where(fake) + "HTTP 500 bad thing [31m happened"
