@@ -17,8 +17,6 @@ import statistics
 import trio
 
 import stairflow as sf
-from stairflow._backends.local import LOCAL_MODEL, open_local_server
-from stairflow._backends.openai import OpenAIBackend
 
 
 def moa(proposal_tokens: int, context: str) -> sf.FrozenGraph:
@@ -36,9 +34,9 @@ def moa(proposal_tokens: int, context: str) -> sf.FrozenGraph:
 async def main(proposal_tokens: int, runs: int, context: str) -> None:
     graph = moa(proposal_tokens, context)
     ttft: dict[str, list[float]] = {"staircase": [], "normal": []}
-    async with open_local_server() as server, OpenAIBackend.for_graph(
-            graph, base_url=server.base_url, model=LOCAL_MODEL, continuation="completions",
-            prompt_format="document", extra_body={"ignore_eos": True}) as backend:
+    # the local model (started for this script, or the one `stairflow serve` keeps), every
+    # proposal exactly N tokens long (ignore_eos) so that the timings are comparable
+    async with sf.open_backend(graph, "local", extra_body={"ignore_eos": True}) as backend:
         for i in range(runs):
             for mode in ("staircase", "normal"):
                 async with sf.open_run(graph, "Why is the sky blue?", backend=backend,
@@ -50,7 +48,7 @@ async def main(proposal_tokens: int, runs: int, context: str) -> None:
                       f"{r.llm_calls} calls, {r.prompt_tokens} prompt tokens "
                       f"({r.cached_tokens} cached)", flush=True)
     s, n = statistics.median(ttft["staircase"]), statistics.median(ttft["normal"])
-    print(f"\n[local model {LOCAL_MODEL}, real timings, {context} context] proposals of "
+    print(f"\n[{backend.name}, real timings, {context} context] proposals of "
           f"{proposal_tokens} tokens: "
           f"median TTFT staircase {s:.2f} s vs normal {n:.2f} s ({1 - s / n:.0%} lower)")
 

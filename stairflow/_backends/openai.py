@@ -38,7 +38,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import openai
 import trio
@@ -48,9 +48,6 @@ from .._graph import CONTINUATIONS, PROMPT_FORMATS, Continuation
 from .._prompts import Message
 from .base import Request, Usage
 from .redact import one_line, redact
-
-if TYPE_CHECKING:
-    from .._graph import FrozenGraph
 
 __all__ = [
     "CONTINUATIONS",
@@ -471,31 +468,3 @@ class OpenAIBackend:
             shown = ", ".join(sorted(known)[:5]) + (" ..." if len(known) > 5 else "")
             raise call.fail(f"the server has no such model; it serves "
                             f"{call.server_text(shown)}")
-
-    @classmethod
-    def for_graph(
-        cls, graph: FrozenGraph, *, base_url: str | None = None, model: str | None = None,
-        api_key_env: str | None = None, continuation: Continuation | None = None,
-        prompt_format: str | None = None, timeout_s: float = 60.0,
-        extra_body: Mapping[str, Any] | None = None,
-    ) -> OpenAIBackend:
-        """Endpoints for every llm node: the arguments (e.g. from the command line) win over
-        what the graph sets per node."""
-        nodes: dict[str, Endpoint] = {}
-        for node in graph.llm_nodes():
-            url = base_url or node.base_url
-            name = model or node.model
-            if not url:
-                raise ConfigError(f"node '{node.name}' has no endpoint: set base_url in the "
-                                  "graph or pass --base-url")
-            if not name:
-                raise ConfigError(f"node '{node.name}' has no model: set model in the graph "
-                                  "or pass --model")
-            cont = continuation or node.continuation or "chat-prefix"
-            nodes[node.name] = Endpoint(
-                url, name, api_key_env or node.api_key_env, cont,  # type: ignore[arg-type]
-                prompt_format or node.prompt_format or "chatml", timeout_s,
-                extra_body=extra_body)
-        default = next(iter(nodes.values()), Endpoint(base_url or "http://127.0.0.1/v1",
-                                                      model or "none"))
-        return cls(default, nodes)

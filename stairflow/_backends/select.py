@@ -48,6 +48,7 @@ class EndpointOptions(TypedDict, total=False):
     continuation: Literal["chat-prefix", "completions", "chat-restate"]
     prompt_format: Literal["gemma", "chatml", "llama3", "document"]
     timeout_s: float
+    extra_body: Mapping[str, Any]  # extra request fields (e.g. {"ignore_eos": True})
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Planned:
     continuation: str
     prompt_format: str
     timeout_s: float | None
+    extra_body: Mapping[str, Any]
 
 
 def _check_url(url: str, what: str) -> None:
@@ -79,6 +81,9 @@ def _check_options(opts: Mapping[str, Any]) -> None:
             ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1e9
             if not ok:
                 raise ConfigError(f"timeout_s={value!r}; use a number of seconds > 0")
+        elif key == "extra_body":
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"extra_body={value!r}; use a mapping of request fields")
         elif not isinstance(value, str) or not value:
             raise ConfigError(f"{key}={value!r}; use a non-empty string")
     if "base_url" in opts:
@@ -123,6 +128,7 @@ def plan_endpoints(
             or ("completions" if local else "chat-prefix"),
             node.prompt_format or opts.get("prompt_format") or ("document" if local else "chatml"),
             _timeout(node) or opts.get("timeout_s"),
+            {**(_local_extra() if local else {}), **opts.get("extra_body", {})},
         ))
     return planned
 
@@ -138,6 +144,12 @@ def _check_key(var: str | None, at: str) -> None:
                           "export it, or remove api_key_env")
 
 
+def _local_extra() -> dict[str, Any]:
+    from .local import LOCAL_SETTINGS
+
+    return dict(LOCAL_SETTINGS["extra_body"])
+
+
 def _local_model() -> str:
     from .local import LOCAL_MODEL
 
@@ -145,13 +157,12 @@ def _local_model() -> str:
 
 
 def _endpoints(plan: list[Planned], local_url: str | None) -> dict[str, Endpoint]:
-    from .local import LOCAL_SETTINGS
     from .openai import Endpoint
 
     out = {}
     for p in plan:
         local = p.base_url == LOCAL
-        extra: dict[str, Any] = {"extra_body": LOCAL_SETTINGS["extra_body"]} if local else {}
+        extra: dict[str, Any] = {"extra_body": p.extra_body} if p.extra_body else {}
         if p.timeout_s is not None:
             extra["timeout_s"] = p.timeout_s
         out[p.node] = Endpoint(

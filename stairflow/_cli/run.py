@@ -19,13 +19,14 @@ import trio.testing
 
 from .._backends.base import Backend, describe_backend
 from .._backends.local import LOCAL_MODEL, LocalModelMissing
+from .._backends.redact import redact
 from .._backends.select import CHOICES, open_backend
 from .._backends.sim import SimBackend, SimTiming
 from .._errors import ConfigError
 from .._graph import CONTINUATIONS, PROMPT_FORMATS, FrozenGraph
 from .._graphfile import resolve_graph
 from .._metrics import Report
-from .._runtime.run import Run, open_run, redact
+from .._runtime.run import Run, open_run
 from .common import GRAPH_HELP
 
 __all__ = ["add_parser"]

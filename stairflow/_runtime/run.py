@@ -12,7 +12,7 @@ output (``node_cancel`` in the trace).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Unpack
 
@@ -20,6 +20,7 @@ import trio
 import trio.testing
 
 from .._backends.base import Backend, describe_backend
+from .._backends.redact import redact
 from .._backends.select import BackendChoice, EndpointOptions, open_backend
 from .._errors import ConfigError, InternalError, NodeError, StairflowError
 from .._graph import FnNode, FrozenGraph, Graph, InputNode, LLMNode, Mode, OutputNode
@@ -228,13 +229,6 @@ class _Events:
             await self._run._new_event.wait()
         self._i += 1
         return events[self._i - 1]
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret (an API key in use) replaced by ``[redacted]``."""
-    for secret in secrets:
-        text = text.replace(secret, "[redacted]")
-    return text
 
 
 def _message(message: object, graph: FrozenGraph) -> str:

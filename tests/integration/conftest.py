@@ -12,7 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from stairflow._backends.local import free_port, server_command
+# the test servers are the local model's own llama-server command line (private: this is
+# test infrastructure, not something a user calls)
+from stairflow._backends.local import LOCAL_MODEL, free_port, server_command
+
+__all__ = ["LOCAL_MODEL", "Server", "start_server"]
 
 
 @dataclass
@@ -36,18 +40,24 @@ class Server:
             return bytes(r.read())
 
 
-def start_server() -> Server:
+def start_server(alias: str = LOCAL_MODEL, api_key: str | None = None, slots: int = 4) -> Server:
+    """A llama-server serving the local model under the name ``alias``; with ``api_key``,
+    every request must carry it."""
     port = free_port()
     tmp = Path(tempfile.mkdtemp(prefix="stairflow-it-"))
+    cmd = server_command(port, tmp, slots=slots, ctx=8192 * slots)
+    cmd[cmd.index("--alias") + 1] = alias
+    if api_key is not None:
+        cmd += ["--api-key", api_key]
     with (tmp / "server.log").open("wb") as log:  # the child keeps its own copy
-        proc = subprocess.Popen(server_command(port, tmp), stdout=log, stderr=log)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log)
     server = Server(f"http://127.0.0.1:{port}/v1", port, proc, tmp / "server.log")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # an external process: poll its health endpoint
         if proc.poll() is not None:
             raise RuntimeError(f"llama-server exited: {(tmp / 'server.log').read_text()[-2000:]}")
         try:
-            if server.get("/health"):
+            if server.get("/health"):  # /health needs no key
                 return server
         except OSError:
             pass

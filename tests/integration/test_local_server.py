@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 import trio
 
 import stairflow as sf
-from stairflow._backends.local import LOCAL_MODEL
-from stairflow._backends.openai import Endpoint, OpenAIBackend
-from stairflow._prompts import Message
+from stairflow import Endpoint, Message, OpenAIBackend
 
-from .conftest import Server
+from .conftest import LOCAL_MODEL, Server
 
 pytestmark = pytest.mark.integration
 
@@ -81,18 +80,21 @@ def local_graph(max_tokens: int = 48) -> sf.FrozenGraph:
 STEADY = {"ignore_eos": True}
 
 
-def run_local(server: Server, graph: sf.FrozenGraph, mode: str = "staircase") -> sf.Report:
-    b = OpenAIBackend.for_graph(graph, base_url=server.base_url, model=LOCAL_MODEL,
-                                continuation="completions", prompt_format="document",
-                                extra_body=STEADY)
+def on(server: Server, graph: sf.FrozenGraph) -> Any:
+    """Every node of ``graph`` on ``server``, through the public backend resolution."""
+    return sf.open_backend(graph, "openai", base_url=server.base_url, model=LOCAL_MODEL,
+                           continuation="completions", prompt_format="document",
+                           extra_body=STEADY)
 
+
+def run_local(server: Server, graph: sf.FrozenGraph, mode: str = "staircase") -> sf.Report:
     async def main() -> sf.Report:
-        async with b:
+        async with on(server, graph) as b:
             with trio.fail_after(300):
                 async with sf.open_run(graph, "Why is the sky blue?", backend=b,
                                        mode=mode) as run:
                     pass
-        assert b.active == 0
+            assert b.active == 0
         return run.report()
 
     return trio.run(main)
@@ -121,22 +123,22 @@ def slots_busy(server: Server) -> int:
 
 def test_cancelling_a_run_frees_the_server_slots(server: Server):
     graph = local_graph(400)
-    b = OpenAIBackend.for_graph(graph, base_url=server.base_url, model=LOCAL_MODEL,
-                                continuation="completions", prompt_format="document",
-                                extra_body=STEADY)
     busy: list[int] = []
+    active: list[int] = []
 
     async def main() -> None:
-        async with b, sf.open_run(graph, "Why is the sky blue?", backend=b) as run:
-            async for event in run:
-                if event.kind == "output":
-                    busy.append(slots_busy(server))
-                    run.cancel()
+        async with on(server, graph) as b:
+            async with sf.open_run(graph, "Why is the sky blue?", backend=b) as run:
+                async for event in run:
+                    if event.kind == "output":
+                        busy.append(slots_busy(server))
+                        run.cancel()
+            active.append(b.active)
         assert run.trace.events[-1].kind == "run_cancel"
 
     trio.run(main)
     assert busy and busy[0] >= 3  # proposers (writing 400 tokens) and aggregator were busy
-    assert b.active == 0
+    assert active == [0]
     deadline = time.monotonic() + 5
     while slots_busy(server) and time.monotonic() < deadline:  # the server's own bookkeeping
         time.sleep(0.1)
@@ -145,13 +147,11 @@ def test_cancelling_a_run_frees_the_server_slots(server: Server):
 
 def test_server_killed_mid_stream_is_a_clear_error_not_a_hang(own_server: Server):
     graph = local_graph(400)
-    b = OpenAIBackend.for_graph(graph, base_url=own_server.base_url, model=LOCAL_MODEL,
-                                continuation="completions", prompt_format="document",
-                                extra_body=STEADY)
 
     async def main() -> None:
         with trio.fail_after(60):
-            async with b, sf.open_run(graph, "Why is the sky blue?", backend=b) as run:
+            async with on(own_server, graph) as b, sf.open_run(
+                    graph, "Why is the sky blue?", backend=b) as run:
                 async for event in run:
                     if event.kind == "first_token" and event.node == "p1":
                         own_server.process.kill()
@@ -176,11 +176,10 @@ def test_a_dropped_proposer_lets_the_run_finish_when_its_server_dies(own_server:
     g.connect(["healthy", "doomed"], "agg")
     g.connect("agg", g.output("out"))
     fg = g.build()
-    b = OpenAIBackend.for_graph(fg, extra_body=STEADY)
 
     async def main() -> sf.Report:
         with trio.fail_after(120):
-            async with b, sf.open_run(fg, "Why is the sky blue?", backend=b) as run:
+            async with sf.open_run(fg, "Why is the sky blue?", extra_body=STEADY) as run:
                 async for event in run:
                     if event.kind == "first_token" and event.node == "doomed":
                         own_server.process.kill()
