@@ -81,14 +81,16 @@ def test_a_file_gives_the_same_graph_as_python(tmp_path):
     ("edit", "message"),
     [
         (("kind = \"llm\"\nsim = { seed = 3 }", "kind = \"llm\"\ntemperatur = 1"),
-         "nodes.a.temperatur: unknown field"),
-        (('kind = "output"', 'kind = "sink"'), "nodes.out.kind: Input should be"),
+         "graph 'mini', node 'a': unknown field 'temperatur'; did you mean 'temperature'?"),
+        (('kind = "output"', 'kind = "sink"'), "graph 'mini', node 'out': kind='sink'; use "
+                                               "'input', 'output', 'llm' or 'fn'"),
         (('to = "agg"\ntrigger = "sentence"', 'to = "agg"\ntrigger = "sentances"'),
          "graph 'mini', edge a -> agg: unknown trigger 'sentances'"),
         (('from = "agg"', 'from = "ag"'), "graph 'mini', edge ag -> out: unknown node 'ag'; "
                                          "did you mean 'agg'?"),
-        (('name = "mini"', ""), "name: required field is missing"),
-        (("[nodes.q]", "[nodes.q]\nsystem = 'x'"), "nodes.q: field 'system' does not apply to an"),
+        (('name = "mini"', ""), 'name is missing; start the file with name = "my-graph"'),
+        (("[nodes.q]", "[nodes.q]\nsystem = 'x'"), "graph 'mini', node 'q': field 'system' does "
+                                                   "not apply to an input node; remove it"),
         (("steps = 16", "steps = 16\n["), "not valid TOML"),
     ],
 )
@@ -128,7 +130,7 @@ def test_fn_nodes_import_from_next_to_the_file(tmp_path):
 def test_fn_import_errors(tmp_path):
     p = write(tmp_path, GOOD.replace('[nodes.out]', '[nodes.f]\nkind = "fn"\nfn = "nosuch:f"\n\n'
                                      '[nodes.out]'))
-    with pytest.raises(sf.GraphFileError, match=r"nodes.f: cannot import 'nosuch:f'"):
+    with pytest.raises(sf.GraphFileError, match=r"graph 'mini', node 'f': cannot import 'nosuch:f' \(ModuleNotFoundError: No module named 'nosuch'\)$"):
         sf.load_graph(p)
 
 
