@@ -93,9 +93,9 @@ JoinSetting = Annotated[Join | str | Mapping[str, Any], PlainValidator(_join)]
 class SimSettings(TypedDict, total=False):
     """Simulated timing of a model endpoint, for the whole graph or one node (`SimTiming`)."""
 
-    latency_s: Annotated[Number, Field(ge=0), Fix("use a number of seconds >= 0")]
-    prefill_tps: Annotated[Rate, Fix("use a number of prompt tokens per second > 0")]
-    decode_tps: Annotated[Rate, Fix("use a number of output tokens per second > 0")]
+    latency_s: Annotated[Number, Field(ge=0), Fix("use a finite number of seconds >= 0")]
+    prefill_tps: Annotated[Rate, Fix("use a finite number of prompt tokens per second > 0")]
+    decode_tps: Annotated[Rate, Fix("use a finite number of output tokens per second > 0")]
     output_tokens: Annotated[
         Whole, Field(ge=0, le=MAX_SIM_OUTPUT_TOKENS),
         Fix(f"use a whole number from 0 to {MAX_SIM_OUTPUT_TOKENS}"),
