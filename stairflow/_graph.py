@@ -253,7 +253,8 @@ class Graph:
         """An agent. Settings (see `LLMSettings`): model, system, prompt, temperature,
         max_tokens, steps, join, on_error ("fail" | "drop"), context ("rebuild" | "append"),
         sim, base_url, api_key_env, continuation, prompt_format, timeout_s."""
-        return self._add(name, "llm", settings=dict(settings))
+        own = {k: _own(v) if k == "sim" else v for k, v in settings.items()}
+        return self._add(name, "llm", settings=own)
 
     def fn(
         self, name: str, fn: FnCallable, *, join: Join | str | Mapping[str, Any] = "all",

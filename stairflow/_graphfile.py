@@ -82,9 +82,11 @@ def _add_node(g: Graph, name: str, table: Any, base: Path, where: str) -> None:
     kind = rest.pop("kind", None)
     if kind not in _KINDS:
         raise GraphError(f"{at}: kind={show(kind)}; use 'input', 'output', 'llm' or 'fn'")
+    # llm settings go to the schema as they are (it names unknown ones); the other kinds take
+    # a few keyword arguments, so their keys are checked here
     takes = {"input": (), "output": (), "llm": LLM_FIELDS, "fn": ("fn", *FN_FIELDS)}[kind]
     for key in rest:
-        if key not in takes:
+        if key not in takes and (kind != "llm" or key == "fn"):
             if key in LLM_FIELDS or key == "fn":
                 raise GraphError(f"{at}: field {key!r} does not apply to an {kind} node; "
                                  "remove it")

@@ -307,3 +307,13 @@ def test_mypy_checks_graph_llm_keyword_arguments(tmp_path, monkeypatch):
     assert 'Unexpected keyword argument "max_tokns"' in errors[1]
     assert 'Argument "timeout_s" to "fn" of "Graph" has incompatible type "str"' in errors[3]
     assert 'Argument "defaults" to "Graph" has incompatible type' in errors[4]
+
+
+def test_any_mapping_works_where_python_takes_a_table():
+    from types import MappingProxyType
+    g = python_graph({"sim": MappingProxyType({"seed": 2}),
+                      "defaults": MappingProxyType({"max_tokens": 9})},
+                     {"sim": MappingProxyType({"seed": 1})}, "llm")
+    fg = g.build()
+    assert (dict(fg.sim), dict(fg.nodes["a"].sim), fg.nodes["a"].max_tokens) == (
+        {"seed": 2}, {"seed": 1}, 9)
