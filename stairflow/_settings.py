@@ -74,8 +74,7 @@ class Fix:
 Whole = int
 Count = Annotated[int, Field(ge=1)]
 Number = Annotated[float, Field(allow_inf_nan=False)]
-Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-Rate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 _TEXT = Fix("use a string")
 
 
@@ -94,8 +93,8 @@ class SimSettings(TypedDict, total=False):
     """Simulated timing of a model endpoint, for the whole graph or one node (`SimTiming`)."""
 
     latency_s: Annotated[Number, Field(ge=0), Fix("use a finite number of seconds >= 0")]
-    prefill_tps: Annotated[Rate, Fix("use a finite number of prompt tokens per second > 0")]
-    decode_tps: Annotated[Rate, Fix("use a finite number of output tokens per second > 0")]
+    prefill_tps: Annotated[Positive, Fix("use a finite number of prompt tokens per second > 0")]
+    decode_tps: Annotated[Positive, Fix("use a finite number of output tokens per second > 0")]
     output_tokens: Annotated[
         Whole, Field(ge=0, le=MAX_SIM_OUTPUT_TOKENS),
         Fix(f"use a whole number from 0 to {MAX_SIM_OUTPUT_TOKENS}"),
@@ -149,7 +148,7 @@ class LLMSettings(TypedDict, total=False):
         PromptFormat | None, Fix(f"use one of {', '.join(PROMPT_FORMATS)}")
     ]
     timeout_s: Annotated[
-        Seconds | None,
+        Positive | None,
         Fix(f"use the most seconds one model request may take (> 0), {_NONE_FOR_DEFAULT}"),
     ]
 
@@ -161,7 +160,7 @@ class FnSettings(TypedDict, total=False):
     join: JoinSetting
     on_error: Annotated[Literal["fail", "drop"], Fix("use 'fail' or 'drop'")]
     timeout_s: Annotated[
-        Seconds | None,
+        Positive | None,
         Fix("use the most seconds the whole fn node may take (> 0), or leave it out for no "
             "deadline"),
     ]
@@ -198,7 +197,7 @@ def _nested(hint: Any) -> type | None:
     """The settings schema a field holds (`SimSettings` for ``sim``), if any."""
     if get_origin(hint) is Annotated:
         for meta in hint.__metadata__:
-            if isinstance(meta, GetPydanticSchema):
+            if isinstance(meta, GetPydanticSchema):  # only `SimMapping` swaps its schema
                 return SimSettings
         hint = get_args(hint)[0]
     return hint if isinstance(hint, type) and hint in _SCHEMAS else None
