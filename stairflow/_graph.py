@@ -11,20 +11,36 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal, TypeAlias
 
 import networkx as nx
+from typing_extensions import Unpack
 
 from ._errors import GraphError
-from ._joins import Join, parse_join
+from ._joins import Join
 from ._prompts import check_template
+from ._settings import (
+    CONTINUATIONS,
+    PROMPT_FORMATS,
+    Continuation,
+    FnSettings,
+    GraphSettings,
+    LLMSettings,
+    fields_of,
+    show,
+    validate,
+)
 from ._triggers import Trigger, complete, parse_trigger, tokens
 
 __all__ = [
+    "CONTINUATIONS",
     "DEFAULT_TRIGGER",
+    "INPUT_TRIGGER",
+    "PROMPT_FORMATS",
+    "Continuation",
     "Edge",
     "FnNode",
     "FrozenGraph",
@@ -41,7 +57,9 @@ Mode = Literal["staircase", "normal"]
 
 DEFAULT_TRIGGER = tokens([8, 16, 32, 64])
 OUTPUT_TRIGGER = tokens(1)
-SIM_KEYS = frozenset({"latency_s", "prefill_tps", "decode_tps", "output_tokens", "seed"})
+# The input node sends the user's message as one token: a token schedule on its edges would
+# describe cuts that never happen, while `complete` says what does (one chunk, at its end).
+INPUT_TRIGGER = complete()
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
 
 
@@ -63,7 +81,11 @@ class OutputNode:
 
 @dataclass(frozen=True)
 class LLMNode:
-    """An agent: a model prompted with its inputs, stepping in a staircase."""
+    """An agent: a model prompted with its inputs, stepping in a staircase.
+
+    The fields besides ``name`` and ``kind`` are the settings of `LLMSettings`, where each is
+    declared and checked; here are their defaults and what the runtime reads.
+    """
 
     name: str
     model: str | None = None
@@ -81,6 +103,7 @@ class LLMNode:
     api_key_env: str | None = None  # the *name* of the environment variable with the key
     continuation: str | None = None  # "chat-prefix" | "completions" | "chat-restate"
     prompt_format: str | None = None  # for "completions": gemma | chatml | llama3 | document
+    timeout_s: float | None = None  # the deadline of one model request; None: the backend's
     kind: Literal["llm"] = "llm"
 
     def step_budget(self, step: int) -> int:
@@ -96,6 +119,7 @@ class FnNode:
     join: Join = field(default_factory=Join)
     on_error: Literal["fail", "drop"] = "fail"
     ref: str = ""  # "module:function" where it came from a graph file
+    timeout_s: float | None = None  # the deadline of the whole node; None: no deadline
     kind: Literal["fn"] = "fn"
 
 
@@ -113,16 +137,6 @@ class Edge:
     @property
     def label(self) -> str:
         return f"{self.src} -> {self.dst}"
-
-
-_LLM_FIELDS = (
-    "model", "system", "prompt", "temperature", "max_tokens", "steps", "join", "on_error",
-    "context", "sim", "base_url", "api_key_env", "continuation", "prompt_format",
-)
-# how a backend continues a partial answer, and how "completions" renders a prompt
-Continuation = Literal["chat-prefix", "completions", "chat-restate"]
-CONTINUATIONS: tuple[Continuation, ...] = ("chat-prefix", "completions", "chat-restate")
-PROMPT_FORMATS = ("gemma", "chatml", "llama3", "document")
 
 
 @dataclass(frozen=True)
@@ -159,9 +173,8 @@ class FrozenGraph:
 
     def capped(self, max_tokens: int) -> FrozenGraph:
         """The same graph with every llm node's answer capped at ``max_tokens``."""
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise GraphError(f"max_tokens={max_tokens!r}; use a whole number >= 1")
-        nodes = {k: replace(n, max_tokens=min(n.max_tokens, max_tokens))
+        cap = validate(LLMSettings, {"max_tokens": max_tokens}, f"graph '{self.name}'")
+        nodes = {k: replace(n, max_tokens=min(n.max_tokens, cap["max_tokens"]))
                  if isinstance(n, LLMNode) else n for k, n in self.nodes.items()}
         return replace(self, nodes=MappingProxyType(nodes))
 
@@ -180,11 +193,18 @@ class FrozenGraph:
         return replace(self, edges=edges, mode="normal")
 
 
+def _own(value: Any) -> Any:
+    """A copy of a mapping the caller may change later; anything else as given (checked at
+    `build`, so a wrong type gets the schema's message, not a TypeError here)."""
+    return dict(value) if isinstance(value, Mapping) else value
+
+
 class Graph:
     """Declare a graph in Python, then `build()` it (``sf.run`` builds it for you).
 
     ``defaults`` apply to every llm node that does not set the field itself; ``sim`` sets the
-    simulated backend's timing for the whole graph (see `SimTiming`).
+    simulated backend's timing for the whole graph (see `SimTiming`). Every setting is
+    checked at `build()` against the same schema as graph files (`LLMSettings`).
     """
 
     def __init__(
@@ -192,28 +212,32 @@ class Graph:
         name: str,
         *,
         description: str = "",
-        defaults: Mapping[str, Any] | None = None,
+        defaults: LLMSettings | None = None,
         sim: Mapping[str, float] | None = None,
         default_input: str | None = None,
         edge_buffer: int = 16,
     ) -> None:
         self.name = name
         self.description = description
-        self.defaults = dict(defaults or {})
-        self.sim = dict(sim or {})
+        self.defaults: Any = _own(defaults if defaults is not None else {})
+        self.sim: Any = _own(sim if sim is not None else {})
         self.default_input = default_input
         self.edge_buffer = edge_buffer
         self._nodes: dict[str, dict[str, Any]] = {}
         self._edges: list[tuple[str, str, Any]] = []
 
+    @property
+    def _where(self) -> str:
+        return f"graph '{self.name}'" if isinstance(self.name, str) else f"graph {show(self.name)}"
+
     def _add(self, name: str, kind: str, **fields: Any) -> str:
         if not isinstance(name, str) or not _NAME.match(name):
             raise GraphError(
-                f"graph '{self.name}': node name {name!r} is not valid; use letters, digits, "
+                f"{self._where}: node name {show(name)} is not valid; use letters, digits, "
                 "'_' and '-', starting with a letter or '_'"
             )
         if name in self._nodes:
-            raise GraphError(f"graph '{self.name}': node '{name}' is declared twice; rename one")
+            raise GraphError(f"{self._where}: node '{name}' is declared twice; rename one")
         self._nodes[name] = {"kind": kind, **fields}
         return name
 
@@ -225,34 +249,54 @@ class Graph:
         """The node whose text the caller receives."""
         return self._add(name, "output")
 
-    def llm(self, name: str, **fields: Any) -> str:
-        """An agent. Fields: model, system, prompt, temperature, max_tokens, steps, join,
-        on_error ("fail" | "drop"), context ("rebuild" | "append"), sim."""
-        return self._add(name, "llm", **fields)
+    def llm(self, name: str, **settings: Unpack[LLMSettings]) -> str:
+        """An agent. Settings (see `LLMSettings`): model, system, prompt, temperature,
+        max_tokens, steps, join, on_error ("fail" | "drop"), context ("rebuild" | "append"),
+        sim, base_url, api_key_env, continuation, prompt_format, timeout_s."""
+        own = {k: _own(v) if k == "sim" else v for k, v in settings.items()}
+        return self._add(name, "llm", settings=own)
 
     def fn(
-        self, name: str, fn: FnCallable, *, join: Any = "all", on_error: str = "fail",
-        ref: str = "",
+        self, name: str, fn: FnCallable, *, join: Join | str | Mapping[str, Any] = "all",
+        on_error: Literal["fail", "drop"] = "fail", ref: str = "",
+        timeout_s: float | None = None,
     ) -> str:
-        """A node running ``fn``, an async generator function taking `Inputs`, yielding text."""
-        return self._add(name, "fn", fn=fn, join=join, on_error=on_error, ref=ref)
+        """A node running ``fn``, an async generator function taking `Inputs`, yielding text.
+        ``timeout_s`` bounds the whole node (None: no deadline)."""
+        settings: FnSettings = {"join": join, "on_error": on_error, "timeout_s": timeout_s}
+        return self._add(name, "fn", fn=fn, ref=ref, settings=settings)
 
     def connect(
         self, src: str | Sequence[str], dst: str | Sequence[str], trigger: Any = None
     ) -> None:
-        """Edges from every ``src`` to every ``dst``, cut by ``trigger`` (default: tokens
-        8, 16, 32, 64 between nodes; every token into the output)."""
-        for s in [src] if isinstance(src, str) else src:
-            for d in [dst] if isinstance(dst, str) else dst:
+        """Edges from every ``src`` to every ``dst``, cut by ``trigger`` (default: the whole
+        message out of the input, every token into the output, tokens 8, 16, 32, 64
+        elsewhere)."""
+        for s in self._ends(src, "from"):
+            for d in self._ends(dst, "to"):
                 self._edges.append((s, d, trigger))
+
+    def _ends(self, value: Any, end: str) -> list[str]:
+        if isinstance(value, str):
+            return [value]
+        if (isinstance(value, Sequence) and value
+                and all(isinstance(v, str) for v in value)):
+            return list(value)
+        raise GraphError(f"{self._where}: edge {end}={show(value)}; use a node name or a "
+                         "non-empty list of node names")
 
     # -- validation -------------------------------------------------------------------------
 
     def build(self) -> FrozenGraph:
         """Validate and freeze. Raises `GraphError` naming the node or edge and the fix."""
-        where = f"graph '{self.name}'"
-        self._check_defaults(where)
-        nodes = {name: self._make_node(name, spec, where) for name, spec in self._nodes.items()}
+        where = self._where
+        settings = validate(GraphSettings, {
+            "name": self.name, "description": self.description, "defaults": self.defaults,
+            "sim": self.sim, "default_input": self.default_input,
+            "edge_buffer": self.edge_buffer}, where)
+        defaults = _llm_fields(settings["defaults"])
+        nodes = {name: self._make_node(name, spec, defaults, where)
+                 for name, spec in self._nodes.items()}
         dag = nx.DiGraph()
         dag.add_nodes_from(nodes)
         edges = [self._make_edge(s, d, t, nodes, dag, where) for s, d, t in self._edges]
@@ -265,8 +309,6 @@ class Graph:
         self._check_degrees(nodes, dag, inp, out, where)
         for node in nodes.values():
             self._check_node_inputs(node, dag, where)
-        if not isinstance(self.edge_buffer, int) or self.edge_buffer < 1:
-            raise GraphError(f"{where}: edge_buffer={self.edge_buffer!r}; use a whole number >= 1")
         return FrozenGraph(
             name=self.name,
             description=self.description,
@@ -277,20 +319,15 @@ class Graph:
             input=inp,
             output=out,
             order=tuple(nx.lexicographical_topological_sort(dag)),
-            sim=MappingProxyType(_check_sim(self.sim, where)),
+            sim=MappingProxyType(settings["sim"]),
             default_input=self.default_input,
             edge_buffer=self.edge_buffer,
         )
 
-    def _check_defaults(self, where: str) -> None:
-        unknown = sorted(set(self.defaults) - set(_LLM_FIELDS))
-        if unknown:
-            raise GraphError(
-                f"{where}: unknown default {unknown[0]!r}; defaults may set "
-                f"{', '.join(_LLM_FIELDS)}"
-            )
-
-    def _make_node(self, name: str, spec: dict[str, Any], where: str) -> Node:
+    @staticmethod
+    def _make_node(
+        name: str, spec: dict[str, Any], defaults: Mapping[str, Any], where: str
+    ) -> Node:
         kind = spec["kind"]
         at = f"{where}, node '{name}'"
         if kind == "input":
@@ -300,20 +337,14 @@ class Graph:
         if kind == "fn":
             fn = spec["fn"]
             if not inspect.isasyncgenfunction(fn):
-                raise GraphError(
-                    f"{at}: fn must be an async generator function "
-                    "(async def f(inputs): ... yield text), got {fn!r}"
-                )
-            return FnNode(name, fn, _parse(parse_join, spec["join"], at),
-                          _on_error(spec["on_error"], at), spec.get("ref", ""))
-        fields = {k: v for k, v in spec.items() if k != "kind"}
-        unknown = sorted(set(fields) - set(_LLM_FIELDS))
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], _LLM_FIELDS, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(_LLM_FIELDS)}"
-            raise GraphError(f"{at}: unknown field {unknown[0]!r}; {hint}")
-        merged = {**self.defaults, **fields}
-        return _make_llm(name, merged, at)
+                raise GraphError(f"{at}: fn={_callable_name(fn)} is {_callable_kind(fn)}; make "
+                                 "it an async generator function (async def f(inputs): ... "
+                                 "yield text)")
+            settings = validate(FnSettings, spec["settings"], at)
+            return FnNode(name, fn, join=settings["join"], on_error=settings["on_error"],
+                          ref=spec["ref"], timeout_s=settings["timeout_s"])
+        own = _llm_fields(validate(LLMSettings, spec["settings"], at))
+        return LLMNode(name=name, **{**defaults, **own})
 
     def _make_edge(
         self, src: str, dst: str, trig: Any, nodes: Mapping[str, Node], dag: nx.DiGraph,
@@ -334,10 +365,14 @@ class Graph:
             raise GraphError(f"{at}: the output node '{src}' cannot feed other nodes")
         if isinstance(nodes[dst], InputNode):
             raise GraphError(f"{at}: the input node '{dst}' cannot have inputs")
-        if trig is None:
-            trigger = OUTPUT_TRIGGER if isinstance(nodes[dst], OutputNode) else DEFAULT_TRIGGER
-        else:
+        if trig is not None:
             trigger = _parse(parse_trigger, trig, at)
+        elif isinstance(nodes[dst], OutputNode):
+            trigger = OUTPUT_TRIGGER
+        elif isinstance(nodes[src], InputNode):
+            trigger = INPUT_TRIGGER
+        else:
+            trigger = DEFAULT_TRIGGER
         dag.add_edge(src, dst)
         return Edge(src, dst, trigger)
 
@@ -389,6 +424,31 @@ class Graph:
                 raise GraphError(f"{where}, node '{node.name}': {exc}") from None
 
 
+def _llm_fields(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Checked llm settings as `LLMNode` holds them (steps as a tuple, sim read-only)."""
+    out = dict(settings)
+    if "steps" in out:
+        steps = out["steps"]
+        out["steps"] = (steps,) if isinstance(steps, int) else tuple(steps)
+    if "sim" in out:
+        out["sim"] = MappingProxyType(dict(out["sim"]))
+    return out
+
+
+def _callable_name(fn: Any) -> str:
+    return str(getattr(fn, "__qualname__", None) or show(fn))
+
+
+def _callable_kind(fn: Any) -> str:
+    if inspect.iscoroutinefunction(fn):
+        return "an async function that returns, not yields"
+    if inspect.isgeneratorfunction(fn):
+        return "a generator function, not an async one"
+    if callable(fn):
+        return "a plain callable"
+    return f"a {type(fn).__name__}, not a function"
+
+
 def _parse(parser: Callable[[Any], Any], value: Any, at: str) -> Any:
     try:
         return parser(value)
@@ -396,72 +456,6 @@ def _parse(parser: Callable[[Any], Any], value: Any, at: str) -> Any:
         raise GraphError(f"{at}: {exc}") from None
 
 
-def _on_error(value: Any, at: str) -> Literal["fail", "drop"]:
-    if value not in ("fail", "drop"):
-        raise GraphError(f"{at}: on_error={value!r}; use 'fail' or 'drop'")
-    return "fail" if value == "fail" else "drop"
-
-
-def _check_sim(sim: Mapping[str, Any], at: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for key, value in sim.items():
-        if key not in SIM_KEYS:
-            known = ", ".join(sorted(SIM_KEYS))
-            raise GraphError(f"{at}: unknown sim setting {key!r}; use {known}")
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise GraphError(f"{at}: sim {key} = {value!r} must be a number")
-        if key in ("prefill_tps", "decode_tps") and value <= 0:
-            raise GraphError(f"{at}: sim {key} = {value!r} must be > 0")
-        if key in ("latency_s", "output_tokens") and value < 0:
-            raise GraphError(f"{at}: sim {key} = {value!r} must be >= 0")
-        out[key] = value
-    return out
-
-
-def _make_llm(name: str, f: Mapping[str, Any], at: str) -> LLMNode:
-    base = LLMNode(name)
-    temperature = f.get("temperature", base.temperature)
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not (
-        0 <= temperature <= 2
-    ):
-        raise GraphError(f"{at}: temperature={temperature!r}; use a number from 0 to 2")
-    max_tokens = f.get("max_tokens", base.max_tokens)
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise GraphError(f"{at}: max_tokens={max_tokens!r}; use a whole number >= 1")
-    steps = f.get("steps", base.steps)
-    steps = (steps,) if isinstance(steps, int) and not isinstance(steps, bool) else steps
-    if not isinstance(steps, Iterable) or isinstance(steps, str | bytes):
-        raise GraphError(f"{at}: steps={steps!r}; use a whole number or a list like [32, 64]")
-    steps = tuple(steps)
-    if not steps or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps):
-        raise GraphError(f"{at}: steps={list(steps)!r}; use whole numbers >= 1, like [32, 64]")
-    context = f.get("context", base.context)
-    if context not in ("rebuild", "append"):
-        raise GraphError(f"{at}: context={context!r}; use 'rebuild' or 'append'")
-    for key in ("model", "system", "prompt", "base_url", "api_key_env"):
-        if f.get(key) is not None and not isinstance(f[key], str):
-            raise GraphError(f"{at}: {key} must be a string, got {f[key]!r}")
-    for key, allowed in (("continuation", CONTINUATIONS), ("prompt_format", PROMPT_FORMATS)):
-        if f.get(key) is not None and f[key] not in allowed:
-            raise GraphError(f"{at}: {key}={f[key]!r}; use one of {', '.join(allowed)}")
-    url = f.get("base_url")
-    if url is not None and not url.startswith(("http://", "https://")):
-        raise GraphError(f"{at}: base_url={url!r}; use an http(s):// URL, e.g. "
-                         "http://127.0.0.1:8080/v1")
-    return LLMNode(
-        name=name,
-        model=f.get("model"),
-        system=f.get("system") or "",
-        prompt=f.get("prompt"),
-        temperature=float(temperature),
-        max_tokens=max_tokens,
-        steps=steps,
-        join=_parse(parse_join, f.get("join", "all"), at),
-        on_error=_on_error(f.get("on_error", "fail"), at),
-        context=context,
-        sim=MappingProxyType(_check_sim(f.get("sim") or {}, at)),
-        base_url=f.get("base_url"),
-        api_key_env=f.get("api_key_env"),
-        continuation=f.get("continuation"),
-        prompt_format=f.get("prompt_format"),
-    )
+# the one list of llm settings, for callers that show or check it (e.g. a graph file's keys)
+LLM_FIELDS = fields_of(LLMSettings)
+FN_FIELDS = fields_of(FnSettings)

@@ -15,6 +15,7 @@ passed since it became ready with at least one pending input.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -60,7 +61,8 @@ class Join:
 def _check_wait(max_wait_s: float | None) -> float | None:
     if max_wait_s is None:
         return None
-    if isinstance(max_wait_s, bool) or not isinstance(max_wait_s, int | float) or max_wait_s <= 0:
+    if (isinstance(max_wait_s, bool) or not isinstance(max_wait_s, int | float)
+            or not 0 < max_wait_s < math.inf):  # also false for nan
         raise GraphError(f"max_wait_s={max_wait_s!r}: must be a number of seconds > 0")
     return float(max_wait_s)
 

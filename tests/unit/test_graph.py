@@ -25,7 +25,17 @@ def test_a_valid_graph_builds_into_a_frozen_networkx_dag():
     with pytest.raises(Exception):  # noqa: B017,PT011 - networkx: "Frozen graph can't be modified"
         fg.dag.add_edge("out", "q")
     assert [e.trigger.describe() for e in fg.inputs_of("out")] == ["tokens(1)"]
-    assert fg.inputs_of("p0")[0].trigger.describe() == "tokens(8,16,32,64,…)"
+    # the input is one token: its edges say so; between nodes the paper's growing schedule
+    assert fg.inputs_of("p0")[0].trigger.describe() == "complete"
+    assert fg.inputs_of("agg")[0].trigger.describe() == "tokens(8,16,…)"
+    g = sf.Graph("t")
+    g.input("q")
+    g.llm("a")
+    g.llm("b")
+    g.connect("q", "a")
+    g.connect("a", "b")
+    g.connect("b", g.output("o"))
+    assert g.build().inputs_of("b")[0].trigger.describe() == "tokens(8,16,32,64,…)"
 
 
 def test_normal_mode_makes_inner_edges_complete_and_can_go_back():
@@ -103,7 +113,8 @@ def test_output_with_two_inputs():
     [
         ({"temperature": 3}, "graph 't', node 'agg': temperature=3; use a number from 0 to 2"),
         ({"max_tokens": 0}, "graph 't', node 'agg': max_tokens=0; use a whole number >= 1"),
-        ({"steps": [8, 0]}, "graph 't', node 'agg': steps=[8, 0]; use whole numbers >= 1"),
+        ({"steps": [8, 0]}, "graph 't', node 'agg': steps=[8, 0]; use a whole number >= 1 or a "
+                            "non-empty list of them, like [32, 64]"),
         ({"join": "most"}, "graph 't', node 'agg': unknown join 'most'"),
         ({"join": {"quorum": 4}}, "graph 't', node 'agg': quorum(4) but only 3 input(s)"),
         ({"temperatur": 1}, "graph 't', node 'agg': unknown field 'temperatur'; did you mean "
@@ -115,8 +126,10 @@ def test_output_with_two_inputs():
         ({"on_error": "ignore"}, "graph 't', node 'agg': on_error='ignore'; use 'fail' or "
                                  "'drop'"),
         ({"context": "grow"}, "graph 't', node 'agg': context='grow'; use 'rebuild' or 'append'"),
-        ({"sim": {"decode_tps": 0}}, "graph 't', node 'agg': sim decode_tps = 0 must be > 0"),
-        ({"sim": {"speed": 1}}, "graph 't', node 'agg': unknown sim setting 'speed'"),
+        ({"sim": {"decode_tps": 0}}, "graph 't', node 'agg': sim.decode_tps=0; use a finite number "
+                                     "of output tokens per second > 0"),
+        ({"sim": {"speed": 1}}, "graph 't', node 'agg': unknown field 'sim.speed'; did you mean "
+                                "'sim.seed'?"),
     ],
 )
 def test_bad_parameters_are_named(fields, message):
@@ -163,7 +176,10 @@ def test_fn_must_be_an_async_generator_function():
     g.fn("f", plain)
     g.connect("q", "f")
     g.connect("f", g.output("out"))
-    assert build_error(g).startswith("graph 't', node 'f': fn must be an async generator function")
+    assert build_error(g) == (
+        "graph 't', node 'f': fn=test_fn_must_be_an_async_generator_function.<locals>.plain is "
+        "a plain callable; make it an async generator function (async def f(inputs): ... yield "
+        "text)")
 
 
 def test_defaults_apply_unless_overridden():
@@ -179,4 +195,5 @@ def test_defaults_apply_unless_overridden():
     assert (fg.nodes["a"].temperature, fg.nodes["a"].max_tokens) == (0.1, 99)
     assert fg.nodes["b"].temperature == 0.9
     bad = sf.Graph("t", defaults={"colour": 1})
-    assert build_error(bad).startswith("graph 't': unknown default 'colour'")
+    assert build_error(bad).startswith("graph 't': unknown field 'defaults.colour'; use one of "
+                                       "model, system, prompt, temperature,")
