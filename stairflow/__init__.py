@@ -29,6 +29,7 @@ from ._metrics import NodeReport, Report
 from ._prompts import Message
 from ._runtime.inbox import Inputs
 from ._runtime.run import Run, open_run, run
+from ._settings import LLMSettings, SimSettings
 from ._trace import Event, Trace
 from ._triggers import (
     Buffer,
@@ -82,6 +83,7 @@ __all__ = [
     "InternalError",
     "Join",
     "LLMNode",
+    "LLMSettings",
     "Message",
     "NodeError",
     "NodeReport",
@@ -92,6 +94,7 @@ __all__ = [
     "Run",
     "RunError",
     "SimBackend",
+    "SimSettings",
     "SimTiming",
     "StairflowError",
     "Step",

@@ -134,8 +134,7 @@ def plan_endpoints(
 
 
 def _timeout(node: LLMNode) -> float | None:
-    value = getattr(node, "timeout_s", None)
-    return float(value) if value is not None else None
+    return float(node.timeout_s) if node.timeout_s is not None else None
 
 
 def _check_key(var: str | None, at: str) -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -21,12 +19,13 @@ from .._backends.base import Backend, describe_backend
 from .._backends.local import LOCAL_MODEL, LocalModelMissing
 from .._backends.redact import redact
 from .._backends.select import CHOICES, open_backend
-from .._backends.sim import SimBackend, SimTiming
+from .._backends.sim import SimBackend
 from .._errors import ConfigError
 from .._graph import CONTINUATIONS, PROMPT_FORMATS, FrozenGraph
 from .._graphfile import resolve_graph
 from .._metrics import Report
 from .._runtime.run import Run, open_run
+from .._settings import parse_sim
 from .common import GRAPH_HELP
 
 __all__ = ["add_parser"]
@@ -92,24 +91,17 @@ def _what_ifs(items: list[str]) -> SimBackend | None:
     """``--sim [NODE.]KEY=VALUE`` as a SimBackend (None when there are none)."""
     if not items:
         return None
-    known = [f.name for f in fields(SimTiming)]
-    every: dict[str, float] = {}
-    per_node: dict[str, dict[str, float]] = {}
+    every: dict[str, str] = {}
+    per_node: dict[str, dict[str, str]] = {}
     for item in items:
         target, eq, raw = item.partition("=")
         node, _, key = target.rpartition(".")
-        try:
-            value = float(raw)
-        except ValueError:
-            value = math.nan
-        if not eq or key not in known or not math.isfinite(value) or value < 0:
-            raise ConfigError(f"--sim {item!r}: write [NODE.]KEY=VALUE with KEY one of "
-                              f"{', '.join(known)} and a finite number >= 0, e.g. "
-                              "--sim p3.decode_tps=10")
-        if key in ("prefill_tps", "decode_tps") and value == 0:
-            raise ConfigError(f"--sim {item!r}: {key} must be > 0")
-        (per_node.setdefault(node, {}) if node else every)[key] = value
-    return SimBackend(sim=every, nodes=per_node)
+        if not eq or not key:
+            raise ConfigError(f"--sim {item!r}: write [NODE.]KEY=VALUE, e.g. --sim "
+                              "p3.decode_tps=10 or --sim latency_s=0.2")
+        (per_node.setdefault(node, {}) if node else every)[key] = raw
+    return SimBackend(sim=parse_sim(every, "--sim"),
+                      nodes={n: parse_sim(v, f"--sim {n}") for n, v in per_node.items()})
 
 
 def _backend_choice(args: argparse.Namespace) -> tuple[str | Backend, dict[str, Any]]:

@@ -118,7 +118,7 @@ async def run_fn(run: Run, node: FnNode) -> None:
 
     inputs = Inputs(inbox, [e.src for e in run.graph.inputs_of(node.name)], run.query, on_step,
                     on_wait)
-    deadline = getattr(node, "timeout_s", None)
+    deadline = node.timeout_s
     with trio.move_on_after(deadline if deadline is not None else float("inf")) as scope:
         await _fn_body(run, node, inputs)
     if scope.cancelled_caught:

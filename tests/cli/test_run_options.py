@@ -138,9 +138,9 @@ def test_what_ifs_keep_the_graphs_timings_and_change_only_what_they_name():
     ("item", "message"),
     [
         ("p3.decode_tps", "--sim 'p3.decode_tps': write [NODE.]KEY=VALUE"),
-        ("p3.speed=3", "--sim 'p3.speed=3': write [NODE.]KEY=VALUE"),
-        ("latency_s=inf", "--sim 'latency_s=inf': write [NODE.]KEY=VALUE"),
-        ("decode_tps=0", "--sim 'decode_tps=0': decode_tps must be > 0"),
+        ("p3.speed=3", "--sim p3: unknown field 'speed'; did you mean 'seed'?"),
+        ("latency_s=inf", "--sim: latency_s=inf; use a finite number of seconds >= 0"),
+        ("decode_tps=0", "--sim: decode_tps=0; use a finite number of output tokens per second > 0"),
         ("nobody.seed=2", "simulated timing for node 'nobody', which graph 'moa' has no llm node"),
     ],
 )

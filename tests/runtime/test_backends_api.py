@@ -204,3 +204,17 @@ def test_collect_twice_is_a_clear_error(tmp_path: Path):
     run_virtual(g)
     assert seen == ["collect() was already called, or every step was already taken; keep the "
                     "Step it returned"]
+
+
+def test_an_fn_node_that_never_finishes_fails_at_its_deadline_even_in_virtual_time():
+    async def stuck(inputs: sf.Inputs) -> AsyncIterator[str]:
+        yield "thinking..."
+        await trio.sleep_forever()
+
+    g = sf.Graph("g")
+    g.connect(g.input(), g.fn("f", stuck, timeout_s=30))
+    g.connect("f", g.output())
+    with pytest.raises(sf.NodeError) as caught:
+        run_virtual(g)
+    assert str(caught.value) == ("node 'f' failed: did not finish within timeout_s = 30 s; raise "
+                                 "timeout_s or make the function finish")

@@ -1,0 +1,7 @@
+"""`python -m stairflow`: the same as the `stairflow` command."""
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())
