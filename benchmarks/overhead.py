@@ -119,7 +119,7 @@ def main() -> None:
                 nursery.start_soon(one)
 
     async def one() -> None:
-        async with sf.open_run(moa, None):
+        async with sf.open_run(moa, None, backend="sim"):
             pass
 
     start = time.perf_counter()

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 from urllib.parse import urlsplit
 
 from .._errors import ConfigError
 from .._graph import CONTINUATIONS, PROMPT_FORMATS, FrozenGraph, LLMNode
-from .base import Backend, describe_backend
+from .base import Backend, Completion, Request, describe_backend
 from .sim import SimBackend
 
 if TYPE_CHECKING:
@@ -209,12 +209,26 @@ async def open_backend(
         raise ConfigError(f"unknown backend {choice!r}; use one of {', '.join(CHOICES)}, or "
                           "pass a Backend object")
     plan = plan_endpoints(graph, choice, options)
+    if not plan:  # no llm nodes: nothing to connect to
+        yield NoModels()
+        return
     if any(p.base_url == LOCAL for p in plan):
         async with _local_url() as url, _openai(plan, url) as built:
             yield built
     else:
         async with _openai(plan, None) as built:
             yield built
+
+
+class NoModels:
+    """The backend of a graph without llm nodes: it is never asked for anything."""
+
+    name = "none (no llm nodes)"
+    simulated = False
+
+    def open_stream(self, request: Request) -> AbstractAsyncContextManager[Completion]:
+        raise ConfigError(f"node '{request.node}' asked for a model, but the graph has no "
+                          "llm nodes")
 
 
 @asynccontextmanager

@@ -266,7 +266,8 @@ async def open_run(
     """
     frozen = prepare(graph, mode)
     query = _message(message, frozen)
-    if is_virtual() and (backend is None or backend in ("auto", "local", "openai")):
+    if is_virtual() and frozen.llm_nodes() and (backend is None
+                                                 or backend in ("auto", "local", "openai")):
         raise ConfigError("a run in virtual time (MockClock) needs the simulated backend: pass "
                           "backend='sim' or a SimBackend")
     async with open_backend(frozen, backend, **options) as chosen:

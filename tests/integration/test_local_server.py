@@ -235,16 +235,20 @@ def test_cli_runs_moa_on_the_local_model_and_prints_ttft(server: Server):
     assert data["simulated"] is False and data["ttft_s"] > 0 and data["llm_calls"] >= 4
 
 
-def test_default_backend_starts_and_stops_its_own_local_server():
+def test_default_backend_starts_and_stops_its_own_local_server(tmp_path, monkeypatch):
     import io
+    import tempfile
 
     from stairflow._cli import main
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the server's files go
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no `stairflow serve` to reuse
     out, err = io.StringIO(), io.StringIO()
     code = main(["run", "moa", "--max-tokens", "16"], out=out, err=err)
     assert code == 0, err.getvalue()
-    assert "[local model gemma-3-270m (a small base model)" in err.getvalue()
+    assert err.getvalue().count("[local model gemma-3-270m (a small base model)") == 1
     assert "TTFT" in err.getvalue() and out.getvalue().strip()
+    assert not list(tmp_path.glob("stairflow-llama-*"))  # its working directory is gone
 
 
 def test_probe_reports_the_continuation_modes(server: Server):
@@ -281,7 +285,8 @@ def test_serve_keeps_a_server_that_later_runs_reuse(tmp_path):
         assert f"http://127.0.0.1:{port}/v1" in line
         result = subprocess.run([exe, "run", "moa", "--max-tokens", "8", "--json"], env=env,
                                 capture_output=True, text=True, timeout=120, check=True)
-        assert json.loads(result.stdout)["backend"] == f"openai http://127.0.0.1:{port}/v1"
+        backend = json.loads(result.stdout)["backend"]
+        assert backend == f"local gemma-3-270m at http://127.0.0.1:{port}/v1"
     finally:
         serve.terminate()
         serve.wait(30)

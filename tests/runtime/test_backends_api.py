@@ -231,3 +231,16 @@ def test_the_request_deadline_comes_from_the_node_then_the_run(monkeypatch):
     plan = {p.node: p.timeout_s for p in plan_endpoints(
         g.build(), "openai", {"base_url": "http://a/v1", "model": "m"})}
     assert plan == {"slow": 600, "quick": None, "agg": None}  # None: the backend's default
+
+
+def test_a_graph_without_llm_nodes_needs_no_backend():
+    async def echo(inputs: sf.Inputs) -> AsyncIterator[str]:
+        step = await inputs.collect()
+        yield step.query
+
+    g = sf.Graph("g")
+    g.connect(g.input(), g.fn("f", echo))
+    g.connect("f", g.output())
+    report = sf.run(g, "hello")  # no local model, no endpoint: none is asked for
+    assert (report.output, report.backend) == ("hello", "none (no llm nodes)")
+    assert run_virtual(g, "hi").output == "hi"
