@@ -9,10 +9,14 @@ whatever it holds. At the end of the stream `Cutter.close` returns the remainder
 chunk (possibly empty). Cuts may fall inside a token's text (a sentence ends at a '.', not at
 the next token's end), so chunks concatenate to exactly the stream's text.
 
-Writing your own trigger: subclass `Trigger`, implement `boundary(buf)` returning the length
-of the chunk that ends in `buf.text` (``0 < n <= len(buf.text)``) or ``None`` to wait, and
-`describe()` for diagrams. Keep it stateless: chunk number, text and token boundaries are all
-in the buffer.
+Writing your own trigger: subclass `Trigger` and implement `boundary(buf)` returning the
+length of the chunk that ends in `buf.text` (``0 < n <= len(buf.text)``) or ``None`` to wait;
+`describe()` (the label in diagrams) defaults to the class name. Keep it stateless: chunk
+number, text and token boundaries are all in the buffer. A cut outside the buffer is the
+trigger's bug, reported as a `GraphError` naming it (and, in a run, the edge). A rule that
+counts tokens rather than reading text sets ``token_based = True``: `stairflow.testing` then
+checks that it cuts at token ends, instead of checking that its cuts do not depend on how the
+text was split into tokens.
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from ._errors import GraphError, InternalError
+from ._errors import GraphError
 
 __all__ = [
     "Buffer",
@@ -64,10 +68,14 @@ class Piece:
     first_token_s: float | None
     last_token_s: float | None
     last: bool = False
+    ends: tuple[int, ...] = ()  # where each token ending in the chunk ends, in the chunk's text
 
 
 class Trigger(ABC):
     """A rule for where chunks end. Subclass it for your own triggers (see module docs)."""
+
+    # True when the rule counts tokens (reads ``buf.token_ends``) rather than reading text
+    token_based: ClassVar[bool] = False
 
     @abstractmethod
     def boundary(self, buf: Buffer) -> int | None:
@@ -77,9 +85,9 @@ class Trigger(ABC):
         """A time at which the buffered text is cut whatever it holds (None: no deadline)."""
         return None
 
-    @abstractmethod
     def describe(self) -> str:
-        """Short label, e.g. for edges in diagrams."""
+        """Short label, e.g. for edges in diagrams (default: the class name)."""
+        return type(self).__name__
 
     def to_config(self) -> Any:
         """The trigger as a graph-file value, or None when it has no file form."""
@@ -92,6 +100,7 @@ class Trigger(ABC):
 @dataclass(frozen=True, eq=True)
 class _Tokens(Trigger):
     sizes: tuple[int, ...]
+    token_based: ClassVar[bool] = True
 
     def size(self, index: int) -> int:
         return self.sizes[min(index, len(self.sizes) - 1)]
@@ -263,20 +272,25 @@ class Cutter:
         """The rest of the stream, as the last chunk."""
         piece = self._cut(len(self.buf.text), allow_empty=True)
         self.closed = True
-        return Piece(piece.text, piece.tokens, piece.first_token_s, piece.last_token_s, True)
+        return Piece(piece.text, piece.tokens, piece.first_token_s, piece.last_token_s, True,
+                     piece.ends)
 
     def _cut(self, n: int, allow_empty: bool = False) -> Piece:
         buf = self.buf
-        if not (0 < n <= len(buf.text) or (allow_empty and n == 0)):
-            raise InternalError(
-                f"trigger {self.trigger.describe()} cut at {n}, outside 1..{len(buf.text)}"
+        valid = isinstance(n, int) and not isinstance(n, bool)
+        if not valid or not (0 < n <= len(buf.text) or (allow_empty and n == 0)):
+            raise GraphError(
+                f"trigger {self.trigger.describe()!r} cut at {n!r}, outside its buffer of "
+                f"{len(buf.text)} characters; boundary(buf) must return None or a length "
+                f"0 < n <= len(buf.text)"
             )
-        whole = sum(1 for end in buf.token_ends if end <= n)
+        ends = tuple(end for end in buf.token_ends if end <= n)
+        whole = len(ends)
         split = whole < len(buf.token_ends) and (whole == 0 or buf.token_ends[whole - 1] < n)
         touched = whole + (1 if split else 0)
         times = buf.token_times[:touched]
         piece = Piece(buf.text[:n], whole, times[0] if times else None,
-                      times[-1] if times else None)
+                      times[-1] if times else None, False, ends)
         keep_from = whole  # a token split by the cut stays in the buffer for its remainder
         self.buf = Buffer(
             index=buf.index + 1,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
@@ -77,30 +77,69 @@ def count_tokens(messages: Iterable[Message], prefix: str = "") -> int:
     return words + len(re.findall(r"\S+", prefix)) + MESSAGE_OVERHEAD * len(msgs)
 
 
-@lru_cache(maxsize=4096)
-def _sequence(seed: int, node: str, n: int) -> tuple[str, ...]:
+def _answer(seed: int, node: str) -> Iterator[str]:
+    """A node's endless answer, one token (a word with the space, newlines or list marker
+    before it) at a time: paragraphs of a few sentences, with commas, and after some of them a
+    "- " list, so that sentence, paragraph, comma and list-item triggers all find cuts."""
     rng = random.Random(f"{seed}/{node}")
-    out: list[str] = []
-    until_stop = rng.randint(6, 14)
-    sentences = 0
-    for k in range(n):
-        word = rng.choice(_WORDS)
-        start = k == 0 or out[-1].endswith(".")
-        if start:
-            word = word.capitalize()
-        sep = "" if k == 0 else ("\n\n" if start and sentences % 4 == 0 else " ")
-        until_stop -= 1
-        if until_stop == 0 or k == n - 1:
-            word += "."
-            sentences += 1
-            until_stop = rng.randint(6, 14)
-        out.append(sep + word)
-    return tuple(out)
+    first = True
+    paragraph = 0
+    while True:
+        with_list = paragraph == 0 or rng.random() < 0.5  # answers often open with a list
+        sentences = rng.randint(1, 2) if paragraph == 0 else rng.randint(1, 4)
+        for s in range(sentences):
+            n = rng.randint(6, 14)
+            for i in range(n):
+                word = rng.choice(_WORDS)
+                if i == 0:
+                    word = word.capitalize()
+                if i == n - 1:
+                    word += ":" if with_list and s == sentences - 1 else "."
+                elif rng.random() < 0.1:
+                    word += ","
+                yield ("" if first else "\n\n" if i == 0 and s == 0 else " ") + word
+                first = False
+        for item in range(rng.randint(2, 5) if with_list else 0):
+            n = rng.randint(2, 7)
+            for i in range(n):
+                word = rng.choice(_WORDS)
+                word = f"- {word.capitalize()}" if i == 0 else word
+                yield ("\n\n" if item == 0 else "\n") + word if i == 0 else (
+                    " " + word + ("." if i == n - 1 else ""))
+        paragraph += 1
 
 
-def sim_tokens(seed: int, node: str, n: int) -> tuple[str, ...]:
-    """The first ``n`` tokens a simulated node writes (its whole answer when n = output_tokens)."""
-    return _sequence(seed, node, n)
+class _Answer:
+    """The tokens of one node's answer generated so far; more are generated only when asked
+    for, so an answer of a billion tokens costs only what is streamed."""
+
+    def __init__(self, seed: int, node: str) -> None:
+        self._rest = _answer(seed, node)
+        self.tokens: list[str] = []
+
+    def upto(self, n: int) -> list[str]:
+        while len(self.tokens) < n:
+            self.tokens.append(next(self._rest))
+        return self.tokens
+
+
+@lru_cache(maxsize=4096)
+def _answer_of(seed: int, node: str) -> _Answer:
+    return _Answer(seed, node)
+
+
+def _token(seed: int, node: str, total: int, k: int) -> str:
+    word = _answer_of(seed, node).upto(k + 1)[k]
+    if k == total - 1 and not word.endswith("."):  # the answer's last word ends it
+        word = word.rstrip(",:") + "."
+    return word
+
+
+def sim_tokens(seed: int, node: str, n: int, start: int = 0, stop: int | None = None) -> list[str]:
+    """Tokens ``start`` to ``stop`` (default: to the end) of the answer a simulated node writes
+    when it writes ``n`` tokens in all."""
+    end = n if stop is None else min(stop, n)
+    return [_token(seed, node, n, k) for k in range(start, end)]
 
 
 class _SimStream:
@@ -113,8 +152,8 @@ class _SimStream:
         left = max(0, timing.output_tokens - request.position)
         self._n = min(request.max_tokens, left)
         self._finish = "stop" if self._n == left else "length"
-        words = sim_tokens(timing.seed, request.node, timing.output_tokens)
-        self._words = words[request.position : request.position + self._n]
+        self._seed, self._node = timing.seed, request.node
+        self._total, self._position = timing.output_tokens, request.position
         self._k = 0
 
     def __aiter__(self) -> AsyncIterator[str]:
@@ -127,7 +166,7 @@ class _SimStream:
             self.finish_reason = self._finish
             raise StopAsyncIteration
         await trio.sleep_until(self._first + self._k / self._decode)
-        word = self._words[self._k]
+        word = _token(self._seed, self._node, self._total, self._position + self._k)
         self._k += 1
         self.usage.completion_tokens = self._k
         return word

@@ -4,16 +4,24 @@ Time-based triggers (those with a `deadline`) need a cut even when no token come
 `tick` task sleeps until the earliest deadline and polls; a chunk holds every token that
 arrived up to and including its deadline. A lock keeps the ticker and the
 token path from interleaving chunks on one edge.
+
+Each chunk event in the trace carries ``token_ends`` (where the tokens ending in the chunk
+end, in its text), so the producer's exact token stream can be rebuilt from the trace: that is
+how `stairflow.testing` checks that every chunk is the one its trigger asks for. A trigger
+that cuts outside its buffer (a user-defined trigger's bug) fails this node with an error
+naming the trigger and the edge.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import trio
 
+from .._errors import GraphError, NodeError
 from .._graph import Edge
 from .._trace import Trace
 from .._triggers import Cutter, Piece, Trigger
@@ -53,8 +61,17 @@ class Emitter:
             text=piece.text, tokens=piece.tokens, last=piece.last,
             first_token_s=None if piece.first_token_s is None else piece.first_token_s - t0,
             last_token_s=None if piece.last_token_s is None else piece.last_token_s - t0,
+            token_ends=list(piece.ends),
         )
         out.sent += 1
+
+    @contextmanager
+    def _blame(self, out: _Out) -> Iterator[None]:
+        try:
+            yield
+        except GraphError as exc:  # the trigger broke its contract: the user's bug, not ours
+            edge = out.edge
+            raise NodeError(self.node, f"edge {edge.src} -> {edge.dst}: {exc}") from exc
 
     async def emit(self, token: str) -> None:
         now = trio.current_time()
@@ -62,7 +79,9 @@ class Emitter:
         self.tokens += 1
         async with self._lock:
             for out in self.outs:
-                for piece in out.cutter.feed(token, now):
+                with self._blame(out):
+                    pieces = out.cutter.feed(token, now)
+                for piece in pieces:
                     await self._send(out, piece)
         if self.timed:
             self._wake.set()
@@ -72,7 +91,9 @@ class Emitter:
         async with self._lock:
             for out in self.outs:
                 if not out.cutter.closed:
-                    await self._send(out, out.cutter.close())
+                    with self._blame(out):
+                        piece = out.cutter.close()
+                    await self._send(out, piece)
         self._wake.set()
 
     def drop(self) -> None:
@@ -95,5 +116,7 @@ class Emitter:
                 now = trio.current_time()
                 for out in self.outs:
                     if not out.cutter.closed:
-                        for piece in out.cutter.poll(now):
+                        with self._blame(out):
+                            pieces = out.cutter.poll(now)
+                        for piece in pieces:
                             await self._send(out, piece)

@@ -1,5 +1,6 @@
-"""Helpers for testing graphs: the simulated backend in virtual time, fault injection, and
-Hypothesis strategies for random graphs. ``import stairflow`` does not load this module.
+"""Helpers for testing graphs: the simulated backend in virtual time, the invariants as
+checks, fault injection, and Hypothesis strategies for random graphs. ``import stairflow``
+does not load this module, and only the strategies need Hypothesis (the ``test`` extra).
 
     from stairflow.testing import run_virtual, check_graph
 
@@ -9,14 +10,33 @@ Hypothesis strategies for random graphs. ``import stairflow`` does not load this
 
 from __future__ import annotations
 
+from typing import Any
+
+from ._checks import (
+    InvariantError,
+    check_causality,
+    check_conservation,
+    check_promptness,
+    check_requests,
+    check_run,
+    check_termination,
+    check_triggers,
+)
 from ._faults import FlakyBackend, InjectedFault
-from ._strategies import dyadic_timings, graphs, moa_graphs, triggers
 from ._virtual import check_graph, open_virtual_run, run_virtual
 
 __all__ = [
     "FlakyBackend",
     "InjectedFault",
+    "InvariantError",
+    "check_causality",
+    "check_conservation",
     "check_graph",
+    "check_promptness",
+    "check_requests",
+    "check_run",
+    "check_termination",
+    "check_triggers",
     "dyadic_timings",
     "graphs",
     "moa_graphs",
@@ -24,3 +44,21 @@ __all__ = [
     "run_virtual",
     "triggers",
 ]
+
+_STRATEGIES = ("dyadic_timings", "graphs", "moa_graphs", "triggers")
+
+
+def __getattr__(name: str) -> Any:
+    # the strategies need Hypothesis; load it only when one is asked for
+    if name not in _STRATEGIES:
+        raise AttributeError(f"module 'stairflow.testing' has no attribute {name!r}")
+    try:
+        from . import _strategies
+    except ModuleNotFoundError as exc:
+        if exc.name != "hypothesis":
+            raise
+        raise ModuleNotFoundError(
+            f"stairflow.testing.{name} needs Hypothesis: pip install 'stairflow[test]'",
+            name="hypothesis",
+        ) from None
+    return getattr(_strategies, name)

@@ -2,16 +2,21 @@
 
 Timings are dyadic (latencies of 1/8 s steps, token rates that are powers of two) so that
 virtual-time arithmetic is exact and events that coincide in theory coincide in practice.
+They are drawn as plain dicts, so a failing example prints as
+``{'latency_s': 0.125, 'decode_tps': 8.0, ...}``. Every simulated node writes at least one
+token unless ``empty_answers=True``: a node that writes nothing has no first token, and a
+run whose output node gets nothing has ``ttft_s`` None (compare with care).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from hypothesis import strategies as st
 
-from .._graph import FrozenGraph, Graph
+from .._graph import FnNode, FrozenGraph, Graph, InputNode, LLMNode
 from .._runtime.inbox import Inputs
 from .._triggers import Trigger, complete, paragraph, regex, sentence, tokens
 
@@ -36,15 +41,16 @@ def triggers(kinds: Sequence[str] = TRIGGER_KINDS) -> st.SearchStrategy[Trigger]
     return st.one_of([options[k] for k in kinds])
 
 
-def dyadic_timings() -> st.SearchStrategy[dict[str, float]]:
-    """Per-node simulated timing: exact binary fractions."""
-
-    def build(lat: int, decode: int, prefill_exp: int, out: int, seed: int) -> dict[str, float]:
-        return {"latency_s": lat / 8, "decode_tps": float(decode), "prefill_tps": 2.0**prefill_exp,
-                "output_tokens": out, "seed": seed}
-
-    return st.builds(build, st.integers(0, 4), st.sampled_from([4, 8, 16, 32, 64]),
-                     st.integers(5, 12), st.integers(0, 40), st.integers(0, 3))
+def dyadic_timings(*, empty_answers: bool = False) -> st.SearchStrategy[dict[str, float]]:
+    """Per-node simulated timing with exact binary fractions, as a ``sim`` dict. With
+    ``empty_answers=True``, ``output_tokens`` can be 0 (the node writes nothing)."""
+    return st.fixed_dictionaries({
+        "latency_s": st.integers(0, 4).map(lambda n: n / 8),
+        "decode_tps": st.sampled_from([4.0, 8.0, 16.0, 32.0, 64.0]),
+        "prefill_tps": st.sampled_from([2.0**e for e in range(5, 13)]),
+        "output_tokens": st.integers(0 if empty_answers else 1, 40),
+        "seed": st.integers(0, 3),
+    })
 
 
 def _join(n_inputs: int, with_wait: bool) -> st.SearchStrategy[Any]:
@@ -54,6 +60,36 @@ def _join(n_inputs: int, with_wait: bool) -> st.SearchStrategy[Any]:
     quorum = st.integers(1, n_inputs).flatmap(
         lambda k: waits.map(lambda w: {"quorum": k} | ({} if w is None else {"max_wait_s": w})))
     return st.one_of(base, quorum)
+
+
+@dataclass(frozen=True, repr=False)
+class DrawnGraph(FrozenGraph):
+    """A drawn graph that prints as what it is (nodes, settings, edges and triggers), so a
+    failing example can be read and rebuilt."""
+
+    def __repr__(self) -> str:
+        lines = [f"graph {self.name!r} ({self.mode}, sim={dict(self.sim)}):"]
+        for name in self.order:
+            node = self.nodes[name]
+            if isinstance(node, LLMNode):
+                lines.append(
+                    f"  {name}: llm join={node.join.describe()} max_tokens={node.max_tokens} "
+                    f"steps={list(node.steps)} prompt={node.prompt!r} context={node.context!r} "
+                    f"sim={dict(node.sim)}")
+            elif isinstance(node, FnNode):
+                lines.append(f"  {name}: fn {node.fn.__name__} join={node.join.describe()}")
+            else:
+                lines.append(f"  {name}: {'input' if isinstance(node, InputNode) else 'output'}")
+        lines += [f"  {e.src} -> {e.dst}: {e.trigger.describe()}" for e in self.edges]
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # Hypothesis' printer asks for this
+        p.text(repr(self))
+
+
+def _drawn(g: Graph) -> DrawnGraph:
+    frozen = g.build()
+    return DrawnGraph(**{f: getattr(frozen, f) for f in frozen.__dataclass_fields__})
 
 
 async def passthrough(inputs: Inputs) -> AsyncIterator[str]:
@@ -82,9 +118,12 @@ def graphs(
     fn_nodes: bool = False,
     fn: Any = passthrough,
     max_wait: bool = True,
+    empty_answers: bool = False,
 ) -> FrozenGraph:
     """A random DAG: an input, layers of nodes each reading the previous layer (and maybe
-    earlier ones), one last node feeding the output. Every node leads to the output."""
+    earlier ones), one last node feeding the output. Every node leads to the output.
+    ``fn_nodes=True`` mixes in fn nodes running ``fn``; see the module docs for
+    ``empty_answers``."""
     g = Graph("random", sim={"latency_s": 0.125})
     g.input("q")
     layers: list[list[str]] = [["q"]]
@@ -102,7 +141,7 @@ def graphs(
             if is_fn:
                 g.fn(name, fn, join=join)
             else:
-                g.llm(name, join=join, sim=draw(dyadic_timings()),
+                g.llm(name, join=join, sim=draw(dyadic_timings(empty_answers=empty_answers)),
                       max_tokens=draw(st.integers(1, 48)),
                       steps=draw(st.lists(st.integers(1, 16), min_size=1, max_size=3)),
                       prompt=draw(st.sampled_from([None, "moa-aggregate", "moa-aggregate-user"])),
@@ -122,23 +161,26 @@ def graphs(
                 fed.add(name)
     g.output("out")
     g.connect(last, "out", draw(st.sampled_from([None, tokens(1), tokens(4), sentence()])))
-    return g.build()
+    return _drawn(g)
 
 
 @st.composite
-def moa_graphs(draw: st.DrawFn, *, max_width: int = 4, join: Any = "all") -> FrozenGraph:
+def moa_graphs(
+    draw: st.DrawFn, *, max_width: int = 4, join: Any = "all", empty_answers: bool = False
+) -> FrozenGraph:
     """Mixture-of-Agents shapes: N proposers reading the input, one aggregator with the given
     join, random triggers, timings and step schedules."""
+    timings = dyadic_timings(empty_answers=empty_answers)
     g = Graph("moa-random")
     g.input("q")
     props = [f"p{i}" for i in range(draw(st.integers(1, max_width)))]
     for p in props:
-        g.llm(p, sim=draw(dyadic_timings()), max_tokens=draw(st.integers(1, 48)))
-    g.llm("agg", sim=draw(dyadic_timings()), join=join, prompt="moa-aggregate",
+        g.llm(p, sim=draw(timings), max_tokens=draw(st.integers(1, 48)))
+    g.llm("agg", sim=draw(timings), join=join, prompt="moa-aggregate",
           steps=draw(st.lists(st.integers(1, 16), min_size=1, max_size=3)))
     g.connect("q", props)
     for p in props:
         g.connect(p, "agg", draw(triggers(TRIGGER_KINDS)))
     g.output("out")
     g.connect("agg", "out")
-    return g.build()
+    return _drawn(g)

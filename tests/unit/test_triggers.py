@@ -139,13 +139,33 @@ class Broken(sf.Trigger):
     def boundary(self, buf: sf.Buffer) -> int | None:
         return len(buf.text) + 5
 
-    def describe(self) -> str:
-        return "broken"
+
+def test_describe_defaults_to_the_class_name():
+    assert Broken().describe() == str(Broken()) == "Broken"
+    assert EveryComma().describe() == "comma"
 
 
-def test_a_trigger_cutting_outside_its_buffer_is_an_internal_error():
-    with pytest.raises(sf.InternalError, match=r"trigger broken cut at 6, outside 1\.\.1"):
+def test_a_trigger_cutting_outside_its_buffer_is_the_triggers_error():
+    with pytest.raises(sf.GraphError) as info:
         Cutter(Broken()).feed("x", 0.0)
+    assert str(info.value) == (
+        "trigger 'Broken' cut at 6, outside its buffer of 1 characters; boundary(buf) must "
+        "return None or a length 0 < n <= len(buf.text)")
+    assert not isinstance(info.value, sf.InternalError)
+
+
+def test_a_run_names_the_edge_whose_trigger_cut_outside_its_buffer():
+    g = sf.Graph("bad", sim={"output_tokens": 4})
+    g.input("q")
+    g.llm("a")
+    g.connect("q", "a")
+    g.connect("a", g.output("out"), trigger=Broken())
+    with pytest.raises(sf.NodeError) as info:
+        sf.run(g, "hi", virtual_clock=True)
+    assert info.value.node == "a"
+    assert str(info.value).startswith(
+        "node 'a' failed: edge a -> out: trigger 'Broken' cut at ")
+    assert isinstance(info.value.__cause__, sf.GraphError)
 
 
 @pytest.mark.parametrize(
