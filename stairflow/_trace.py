@@ -10,7 +10,8 @@ Event kinds, with their data:
     request_end {step, tokens, prompt_tokens, cached_tokens, finish_reason}
     request_cancel {step, tokens, prompt_tokens, cached_tokens} (prompt tokens the backend
         knew of when the request was cut off: the simulator knows them, real endpoints not)
-    chunk {edge: [src, dst], index, text, tokens, last, first_token_s, last_token_s}
+    chunk {edge: [src, dst], index, text, tokens, token_ends, last, first_token_s,
+           last_token_s} (token_ends: where each token ending in the chunk ends in its text)
     step_start {step, consumed: {input: chunks}, final}        step_end {step, tokens}
     step_wait (an fn node asks for its next step)
     output {text}
