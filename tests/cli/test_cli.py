@@ -100,7 +100,8 @@ def test_bad_graph_file_is_one_line_naming_the_file(tmp_path):
     assert err.startswith(f"stairflow: error: {bad}: ") and err.count("\n") == 1
 
 
-def test_a_failing_run_exits_1_with_the_node(tmp_path):
+def failing_graph(tmp_path: Path) -> Path:
+    """A graph file whose fn node 'f' raises RuntimeError('x') at its first step."""
     (tmp_path / "fns.py").write_text(
         "async def boom(inputs):\n    async for _ in inputs:\n        raise RuntimeError('x')\n"
         "        yield ''\n")
@@ -108,7 +109,11 @@ def test_a_failing_run_exits_1_with_the_node(tmp_path):
     g.write_text('name = "f"\ndefault_input = "hi"\n[nodes.q]\nkind = "input"\n'
                  '[nodes.f]\nkind = "fn"\nfn = "fns:boom"\n[nodes.o]\nkind = "output"\n'
                  '[[edges]]\nfrom = "q"\nto = "f"\n[[edges]]\nfrom = "f"\nto = "o"\n')
-    code, _, err = cli("run", str(g), "--virtual-clock")
+    return g
+
+
+def test_a_failing_run_exits_1_with_the_node(tmp_path):
+    code, _, err = cli("run", str(failing_graph(tmp_path)), "--virtual-clock")
     assert code == 1
     assert err.strip().endswith("stairflow: run failed: node 'f' failed: RuntimeError: x")
 

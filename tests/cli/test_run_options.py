@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.test_cli import cli
+from tests.cli.test_cli import cli, failing_graph
 
 EXE = str(Path(sys.executable).with_name("stairflow"))
 
@@ -150,13 +150,7 @@ def test_bad_what_ifs_are_one_line_errors(item, message):
 
 
 def test_a_failed_run_still_writes_its_trace(tmp_path):
-    (tmp_path / "fns.py").write_text(
-        "async def boom(inputs):\n    async for _ in inputs:\n        raise RuntimeError('x')\n"
-        "        yield ''\n")
-    graph = tmp_path / "g.toml"
-    graph.write_text('name = "f"\ndefault_input = "hi"\n[nodes.q]\nkind = "input"\n'
-                     '[nodes.f]\nkind = "fn"\nfn = "fns:boom"\n[nodes.o]\nkind = "output"\n'
-                     '[[edges]]\nfrom = "q"\nto = "f"\n[[edges]]\nfrom = "f"\nto = "o"\n')
+    graph = failing_graph(tmp_path)
     trace = tmp_path / "t.json"
     code, _, _ = cli("run", str(graph), "--virtual-clock", "--trace", str(trace))
     assert code == 1
