@@ -1,11 +1,13 @@
 """Helpers for testing graphs: the simulated backend in virtual time, the invariants as
-checks, fault injection, and Hypothesis strategies for random graphs. ``import stairflow``
-does not load this module, and only the strategies need Hypothesis (the ``test`` extra).
+checks, the exact-timeline reference, fault injection, and Hypothesis strategies for random
+graphs. ``import stairflow`` does not load this module, and only the strategies need
+Hypothesis (the ``test`` extra).
 
-    from stairflow.testing import run_virtual, check_graph
+    from stairflow.testing import check_graph, check_timeline, run_virtual
 
     report = run_virtual(my_graph, "a question")        # exact simulated timings, instantly
     check_graph(my_graph, "a question")                  # the invariants, on your graph
+    check_timeline(report, my_graph)                     # every time as the timing model says
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from ._checks import (
     check_triggers,
 )
 from ._faults import FlakyBackend, InjectedFault
+from ._reference import NodeTimeline, check_timeline, expected_timeline, timeline_applies
 from ._virtual import check_graph, open_virtual_run, run_virtual
 
 __all__ = [
     "FlakyBackend",
     "InjectedFault",
     "InvariantError",
+    "NodeTimeline",
     "check_causality",
     "check_conservation",
     "check_graph",
@@ -36,12 +40,15 @@ __all__ = [
     "check_requests",
     "check_run",
     "check_termination",
+    "check_timeline",
     "check_triggers",
     "dyadic_timings",
+    "expected_timeline",
     "graphs",
     "moa_graphs",
     "open_virtual_run",
     "run_virtual",
+    "timeline_applies",
     "triggers",
 ]
 

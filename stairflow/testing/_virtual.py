@@ -14,6 +14,7 @@ from .._graph import FrozenGraph, Graph, Mode
 from .._metrics import Report
 from .._runtime.run import Run, open_run, prepare
 from ._checks import check_run
+from ._reference import check_timeline, timeline_applies
 
 __all__ = ["check_graph", "open_virtual_run", "run_virtual"]
 
@@ -62,14 +63,18 @@ def check_graph(graph: Graph | FrozenGraph, message: str = "test question") -> d
     """Run ``graph`` in both modes in virtual time and check every invariant on each run
     (`check_run`): it terminates, leaves no request open, every edge delivers its producer's
     whole output in order, every chunk is the one its trigger asks for whatever the token
-    split, nothing happens before its cause, chunks are delivered promptly. Raises
-    `InvariantError` naming the invariant and the node or edge; returns the two reports
-    (``staircase``, ``normal``)."""
+    split, nothing happens before its cause, chunks are delivered promptly; and, where the
+    exact-timeline reference applies (no fn nodes, no deadline triggers: `timeline_applies`),
+    every time equals the timing model's (`check_timeline`). Raises `InvariantError` naming
+    the invariant and the node or edge; returns the two reports (``staircase``, ``normal``)."""
     frozen = prepare(graph)
+    exact = timeline_applies(frozen)
     reports = {}
     for mode in ("staircase", "normal"):
         backend = SimBackend.for_graph(frozen)
         report = run_virtual(frozen, message, mode=mode, backend=backend)
         check_run(report, frozen, backend)
+        if exact:
+            check_timeline(report, frozen, message, backend=backend)
         reports[mode] = report
     return reports
