@@ -3,7 +3,14 @@
 from hypothesis import given, settings
 
 import stairflow as sf
-from stairflow.testing import check_graph, check_run, dyadic_timings, moa_graphs, run_virtual
+from stairflow.testing import (
+    check_graph,
+    check_run,
+    check_timeline,
+    dyadic_timings,
+    moa_graphs,
+    run_virtual,
+)
 
 
 def my_graph(timing: dict[str, float] | None = None) -> sf.Graph:
@@ -19,6 +26,7 @@ def my_graph(timing: dict[str, float] | None = None) -> sf.Graph:
 
 
 def test_my_graph_keeps_every_invariant():
+    # both modes, every invariant, and every time exactly as the timing model says
     reports = check_graph(my_graph(), "Is tea better than coffee?")
     assert reports["staircase"].ttft_s < reports["normal"].ttft_s
 
@@ -31,7 +39,9 @@ def test_my_graph_starts_answering_within_half_a_second_of_model_time():
 @given(dyadic_timings())
 def test_my_graph_keeps_every_invariant_under_any_timing(timing):
     for mode in ("staircase", "normal"):
-        check_run(run_virtual(my_graph(timing), mode=mode), my_graph(timing))
+        report = run_virtual(my_graph(timing), mode=mode)
+        check_run(report, my_graph(timing))
+        check_timeline(report, my_graph(timing))
 
 
 @settings(max_examples=20)

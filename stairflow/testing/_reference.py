@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from .._backends.sim import SimBackend, SimTiming, count_tokens, sim_tokens
 from .._errors import ConfigError
@@ -261,7 +261,7 @@ def _s(t: float | None) -> str:
     return "none" if t is None else f"{t:.9g} s"
 
 
-def _fail(node: str, detail: str) -> None:
+def _fail(node: str, detail: str) -> NoReturn:
     raise InvariantError("exactness", f"node {node}", detail)
 
 
@@ -288,52 +288,62 @@ def _run_why_not(report: Report, backend: object) -> str | None:
     return None
 
 
-def _check_steps(name: str, want: NodeTimeline, report: Report) -> None:
-    starts = [e for e in report.trace.of("step_start", name)
+_Issues = list[tuple[float, str]]  # (when, what differs): the earliest is reported
+
+
+def _earliest(*times: float | None) -> float:
+    return min((t for t in times if t is not None), default=math.inf)
+
+
+def _steps(name: str, want: NodeTimeline, report: Report, issues: _Issues) -> None:
+    starts = [e.t for e in report.trace.of("step_start", name)
               if not want.cancelled or e.t < want.end_s]
     for i, (got, t) in enumerate(zip(starts, want.step_starts, strict=False)):
-        if not _close(got.t, t):
-            _fail(name, f"step {i} started at {_s(got.t)}; the timing model says {_s(t)}")
-    if len(starts) > len(want.step_starts):
-        i = len(want.step_starts)
-        _fail(name, f"step {i} started at {_s(starts[i].t)}; the timing model has "
-              f"{i} step(s) only")
-    if len(starts) < len(want.step_starts):
-        i = len(starts)
-        _fail(name, f"{i} step(s) started; the timing model starts step {i} at "
-              f"{_s(want.step_starts[i])}")
+        if not _close(got, t):
+            issues.append((min(got, t), f"step {i} started at {_s(got)}; the timing model "
+                           f"says {_s(t)}"))
+    n, m = len(starts), len(want.step_starts)
+    if n > m:
+        issues.append((starts[m], f"step {m} started at {_s(starts[m])}; the timing model "
+                       f"has {m} step(s) only"))
+    elif n < m:
+        issues.append((want.step_starts[n], f"{n} step(s) started; the timing model starts "
+                       f"step {n} at {_s(want.step_starts[n])}"))
     prompts: dict[int, int] = {}
     for e in report.trace.of("request_end", name) + report.trace.of("request_cancel", name):
         prompts[int(e.data.get("step", -1))] = int(e.data.get("prompt_tokens", 0))
-    for i, p in enumerate(want.prompt_tokens):
+    for i, (t, p) in enumerate(zip(want.step_starts, want.prompt_tokens, strict=True)):
         if prompts.get(i) != p:
-            _fail(name, f"step {i}'s prompt was {prompts.get(i, 'never')} tokens; the timing "
-                  f"model says {p}")
-    total = report.nodes[name].prompt_tokens
-    if total != sum(want.prompt_tokens):
-        _fail(name, f"its requests counted {total} prompt tokens; the timing model says "
-              f"{sum(want.prompt_tokens)}")
+            issues.append((t, f"step {i}'s prompt was {prompts.get(i, 'never sent, so 0')} "
+                           f"tokens; the timing model says {p}"))
+    total, want_total = report.nodes[name].prompt_tokens, sum(want.prompt_tokens)
+    if total != want_total:
+        issues.append((want.end_s, f"its requests counted {total} prompt tokens in all; the "
+                       f"timing model says {want_total}"))
 
 
 def _check_node(name: str, node: object, want: NodeTimeline, report: Report) -> None:
     got = report.nodes[name]
+    issues: _Issues = []
     if isinstance(node, LLMNode):
-        _check_steps(name, want, report)
+        _steps(name, want, report, issues)
         if not _close(got.ttft_s, want.first_token_s):
-            _fail(name, f"first token at {_s(got.ttft_s)}; the timing model says "
-                  f"{_s(want.first_token_s)}")
+            issues.append((_earliest(got.ttft_s, want.first_token_s), f"first token at "
+                           f"{_s(got.ttft_s)}; the timing model says {_s(want.first_token_s)}"))
     if isinstance(node, OutputNode):
         if not _close(report.ttft_s, want.first_token_s):
-            _fail(name, f"first output at {_s(report.ttft_s)}; the timing model says "
-                  f"{_s(want.first_token_s)}")
+            issues.append((_earliest(report.ttft_s, want.first_token_s), f"first output at "
+                           f"{_s(report.ttft_s)}; the timing model says "
+                           f"{_s(want.first_token_s)}"))
         if report.output != want.text:
-            _fail(name, f"the output differs from the timing model's at character "
-                  f"{_differs_at(report.output, want.text)}")
-        return
-    if not _close(got.done_s, want.end_s):
+            issues.append((want.end_s, "the output differs from the timing model's at "
+                           f"character {_differs_at(report.output, want.text)}"))
+    elif not _close(got.done_s, want.end_s):
         how = "cancelled" if want.cancelled else "ended"
-        _fail(name, f"ended at {_s(got.done_s)}; the timing model says it {how} at "
-              f"{_s(want.end_s)}")
+        issues.append((_earliest(got.done_s, want.end_s), f"ended at {_s(got.done_s)}; the "
+                       f"timing model says it {how} at {_s(want.end_s)}"))
+    if issues:
+        _fail(name, min(issues, key=lambda issue: issue[0])[1])
 
 
 def _differs_at(a: str, b: str) -> int:

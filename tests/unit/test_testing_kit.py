@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 import stairflow as sf
 from stairflow.testing import (
+    FlakyBackend,
     InvariantError,
     check_causality,
     check_conservation,
@@ -22,8 +24,11 @@ from stairflow.testing import (
     check_requests,
     check_run,
     check_termination,
+    check_timeline,
     check_triggers,
+    expected_timeline,
     run_virtual,
+    timeline_applies,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,14 +55,15 @@ NO_HYPOTHESIS = """
 def test_the_kit_works_without_hypothesis_and_says_what_the_strategies_need():
     result = run_python(NO_HYPOTHESIS + """
     import stairflow as sf
-    from stairflow.testing import check_graph, run_virtual
+    from stairflow.testing import check_graph, check_timeline, run_virtual
 
     g = sf.Graph("mine", sim={"output_tokens": 20})
     g.input("q")
     g.llm("a")
     g.connect("q", "a")
     g.connect("a", g.output("out"), trigger=sf.sentence())
-    print(run_virtual(g, "hi").output_tokens, sorted(check_graph(g, "hi")))
+    report = run_virtual(g, "hi")
+    print(report.output_tokens, sorted(check_graph(g, "hi")), sorted(check_timeline(report, g)))
     print("hypothesis" in sys.modules)
     try:
         from stairflow.testing import graphs
@@ -66,7 +72,7 @@ def test_the_kit_works_without_hypothesis_and_says_what_the_strategies_need():
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        "20 ['normal', 'staircase']",
+        "20 ['normal', 'staircase'] ['a', 'out', 'q']",
         "False",
         "stairflow.testing.graphs needs Hypothesis: pip install 'stairflow[test]'",
     ]
@@ -94,7 +100,8 @@ def small_graph(trigger: sf.Trigger | None = None, **sim: Any) -> sf.Graph:
 def test_check_graph_raises_under_python_O():
     result = run_python("""
     import stairflow as sf
-    from stairflow.testing import InvariantError, check_conservation, check_graph, run_virtual
+    from stairflow.testing import (InvariantError, check_conservation, check_graph,
+                                   check_timeline, run_virtual)
 
     class AfterComma(sf.Trigger):  # looks only at the newest token: split-dependent
         def boundary(self, buf):
@@ -117,11 +124,17 @@ def test_check_graph_raises_under_python_O():
         check_conservation(report)
     except InvariantError as exc:
         print(exc)
+    late = sf.SimBackend.for_graph(g.build(), nodes={"b": {"latency_s": 1.0}})
+    try:
+        check_timeline(run_virtual(g, backend=late), g)
+    except InvariantError as exc:
+        print(exc.invariant, exc.where)
     """, "-O")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "trigger conformance",
         "conservation: edge q -> a: q ended but the edge got no last chunk",
+        "exactness node b",
     ]
 
 
@@ -267,3 +280,150 @@ def test_interval_cuts_are_checked_against_their_deadline():
 def test_check_graph_returns_both_reports():
     reports = check_graph(small_graph())
     assert reports["staircase"].ttft_s < reports["normal"].ttft_s
+
+
+# The exact-timeline reference -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["moa", "moa-3layer", "debate", "chain"])
+@pytest.mark.parametrize("mode", ["staircase", "normal"])
+def test_check_timeline_holds_on_the_bundled_graphs(name, mode):
+    g = sf.resolve_graph(name)
+    report = run_virtual(g, "Why is the sky blue?", mode=mode)
+    want = check_timeline(report, g)  # the message: the one the trace shows
+    assert want[g.output].text == report.output
+    assert want[g.output].first_token_s == pytest.approx(report.ttft_s, abs=1e-9)
+    check_timeline(report, g, "Why is the sky blue?")
+
+
+def test_check_timeline_catches_a_model_slower_than_the_graph_says():
+    g = small_graph()
+    late = sf.SimBackend.for_graph(g.build(), nodes={"b": {"latency_s": 0.5 + 1 / 1024}})
+    report = run_virtual(g, "Why?", backend=late)
+    check_timeline(report, g, backend=late)  # the what-if it ran with is part of the model
+    with pytest.raises(InvariantError) as info:
+        check_timeline(report, g)
+    assert str(info.value) == ("exactness: node b: first token at 1.4453125 s; the timing model "
+                               "says 1.44433594 s")
+    assert (info.value.invariant, info.value.where) == ("exactness", "node b")
+
+
+def rebuilt(report: sf.Report) -> sf.Report:
+    return sf.Report.from_trace(report.trace)  # the per-node figures, from the edited trace
+
+
+def test_check_timeline_names_what_differs_in_a_corrupted_trace():
+    g = small_graph()
+    want = expected_timeline(g, "Why?")
+    assert want["b"].step_starts[:2] == (0.87890625, 1.8193359375)
+    assert (want["b"].first_token_s, want["b"].end_s) == (1.4443359375, 12.7587890625)
+    assert want["b"].prompt_tokens[:3] == (67, 75, 89) and not want["b"].cancelled
+
+    broken = run_virtual(g, "Why?")
+    events = broken.trace.events
+    i = next(i for i, e in enumerate(events) if e.kind == "step_start" and e.node == "b"
+             and e.data["step"] == 1)
+    events[i] = dataclasses.replace(events[i], t=events[i].t + 1 / 1024)
+    with pytest.raises(InvariantError, match=r"^exactness: node b: step 1 started at 1.8203125 "
+                       r"s; the timing model says 1.81933594 s$"):
+        check_timeline(broken, g)
+
+    broken = run_virtual(g, "Why?")
+    edit(broken, "request_end", lambda e: e.node == "b" and e.data["step"] == 2,
+         prompt_tokens=88)
+    with pytest.raises(InvariantError, match=r"^exactness: node b: step 2's prompt was 88 "
+                       r"tokens; the timing model says 89$"):
+        check_timeline(rebuilt(broken), g)
+
+    broken = run_virtual(g, "Why?")
+    broken.trace.events[:] = [e for e in broken.trace.events
+                              if not (e.kind == "step_start" and e.node == "b"
+                                      and e.data["step"] == 8)]
+    with pytest.raises(InvariantError, match=r"^exactness: node b: 8 step\(s\) started; the "
+                       r"timing model starts step 8 at 8.72558594 s$"):
+        check_timeline(broken, g)
+
+    broken = run_virtual(g, "Why?")
+    edit(broken, "output", lambda e: True, text="Yes")
+    with pytest.raises(InvariantError, match=r"^exactness: node out: the output differs from "
+                       r"the timing model's at character 0$"):
+        check_timeline(rebuilt(broken), g)
+
+
+def test_a_node_nobody_needs_any_more_is_cancelled_in_the_reference_too():
+    g = sf.Graph("short", sim={"latency_s": 0.5, "decode_tps": 8.0, "output_tokens": 60})
+    g.input("q")
+    g.llm("long")
+    g.llm("brief", sim={"output_tokens": 6}, steps=[4])
+    g.connect("q", "long")
+    g.connect("long", "brief", sf.tokens(4))
+    g.connect("brief", g.output("out"))
+    want = check_timeline(run_virtual(g, "Why?"), g)
+    assert want["long"].cancelled and want["long"].end_s == want["brief"].end_s
+    assert not want["brief"].cancelled
+
+
+def fn_graph() -> sf.Graph:
+    from stairflow.testing._strategies import concat_at_end
+
+    g = sf.Graph("with-fn")
+    g.input("q")
+    g.fn("f", concat_at_end)
+    g.connect("q", "f")
+    g.connect("f", g.output("out"))
+    return g
+
+
+NOT_APPLICABLE = "the exact-timeline reference does not apply to graph"
+
+
+def test_check_timeline_says_where_it_does_not_apply():
+    g = fn_graph()
+    assert not timeline_applies(g)
+    message = (f"{NOT_APPLICABLE} 'with-fn': node 'f' is an fn node, and the timing model "
+               "does not say how user code paces itself; check it with check_run instead")
+    with pytest.raises(sf.ConfigError) as info:
+        check_timeline(run_virtual(g), g)
+    assert str(info.value) == message
+    with pytest.raises(sf.ConfigError, match="node 'f' is an fn node"):
+        expected_timeline(g, "Why?")
+    check_graph(g)  # every other invariant is still checked
+
+    g = small_graph(sf.interval(1.0))
+    assert not timeline_applies(g)
+    with pytest.raises(sf.ConfigError) as info:
+        check_timeline(run_virtual(g), g)
+    assert str(info.value) == (
+        f"{NOT_APPLICABLE} 'mine': edge a -> b (every 1s) cuts on a deadline, and the timing "
+        "model does not order a deadline and a token due at the same instant; check it with "
+        "check_run instead")
+    check_graph(g)
+
+    g = small_graph()
+    assert timeline_applies(g)
+    report = run_virtual(g)
+    with pytest.raises(sf.ConfigError, match=f"^{NOT_APPLICABLE} 'mine': the run was on backend "
+                       "'openai', not the simulated one, so its times come from no timing "
+                       "model; check it with check_run instead$"):
+        check_timeline(dataclasses.replace(report, simulated=False, backend="openai"), g)
+    with pytest.raises(sf.ConfigError, match=r"'mine': backend FlakyBackend is not a SimBackend"):
+        check_timeline(report, g, backend=FlakyBackend(sf.SimBackend(), {}))
+
+
+def test_check_timeline_does_not_apply_to_a_failed_or_unfinished_run():
+    g = small_graph()
+    g.llm("c", on_error="drop")
+    g.connect("q", "c")
+    g.connect("c", "b", sf.tokens(4))
+    flaky = FlakyBackend(sf.SimBackend.for_graph(g.build()), {"c": 2})
+    with pytest.raises(sf.ConfigError, match=r"'mine': node 'c' failed in this run \(the timing "
+                       r"model has no failures\)"):
+        check_timeline(run_virtual(g, backend=flaky), g)
+
+    async def cancel(run: sf.Run) -> None:
+        await trio.sleep(1.0)
+        run.cancel()
+
+    with pytest.raises(sf.ConfigError, match=r"'mine': the run did not finish \(its trace ends "
+                       r"with run_cancel\)"):
+        check_timeline(run_virtual(small_graph(), during=cancel), small_graph())
