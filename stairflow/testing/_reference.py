@@ -19,7 +19,6 @@ instant as a token is ordered. `check_timeline` says so instead of passing.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -357,7 +356,7 @@ def check_timeline(
     message: str | None = None,
     *,
     backend: Any = None,
-) -> Mapping[str, NodeTimeline]:
+) -> dict[str, NodeTimeline]:
     """The run's measured times equal the timing model's, exactly: for every node, when each
     step started and its prompt size, its first token and when it ended (or was cancelled);
     and the output's first token and text (`expected_timeline`).

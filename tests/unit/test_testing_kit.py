@@ -408,6 +408,10 @@ def test_check_timeline_says_where_it_does_not_apply():
         check_timeline(dataclasses.replace(report, simulated=False, backend="openai"), g)
     with pytest.raises(sf.ConfigError, match=r"'mine': backend FlakyBackend is not a SimBackend"):
         check_timeline(report, g, backend=FlakyBackend(sf.SimBackend(), {}))
+    with pytest.raises(sf.ConfigError, match=r"^the report is of graph 'mine' with nodes "
+                       r"\['a', 'b', 'out', 'q'\], not of graph 'chain'; pass the graph that "
+                       r"ran$"):
+        check_timeline(report, sf.resolve_graph("chain"))
 
 
 def test_check_timeline_does_not_apply_to_a_failed_or_unfinished_run():
@@ -427,3 +431,12 @@ def test_check_timeline_does_not_apply_to_a_failed_or_unfinished_run():
     with pytest.raises(sf.ConfigError, match=r"'mine': the run did not finish \(its trace ends "
                        r"with run_cancel\)"):
         check_timeline(run_virtual(small_graph(), during=cancel), small_graph())
+
+
+def test_the_reference_shares_nothing_with_the_runtimes_scheduling():
+    import ast
+
+    tree = ast.parse((ROOT / "stairflow" / "testing" / "_reference.py").read_text())
+    imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if "_runtime" in m or "_core" in m or "trio" in m}
