@@ -417,6 +417,9 @@ class Graph:
                     f"{where}, node '{node.name}': quorum({node.join.k}) but only {n_in} "
                     f"input(s); use k <= {n_in}"
                 )
+        if isinstance(node, LLMNode) and node.base_url and not node.model:
+            raise GraphError(f"{where}, node '{node.name}' sets base_url but no model; set "
+                             "model (the name the server knows the model by)")
         if isinstance(node, LLMNode):
             try:
                 check_template(node.prompt, sorted(dag.predecessors(node.name)))

@@ -20,6 +20,7 @@ from functools import cache
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 from pydantic import (
+    AfterValidator,
     ConfigDict,
     Field,
     GetPydanticSchema,
@@ -34,6 +35,7 @@ from typing_extensions import TypedDict  # pydantic needs these on Python < 3.12
 from ._errors import GraphError
 from ._joins import Join, parse_join
 from ._prompts import TEMPLATES
+from ._urls import ENV_NAME, url_problem
 
 __all__ = [
     "CONTINUATIONS",
@@ -56,6 +58,8 @@ _STRICT = ConfigDict(strict=True, extra="forbid")
 # tokens), so a longer simulated answer models nothing; the bound also keeps a typo such as
 # 1e9 from building a gigabyte of simulated text.
 MAX_SIM_OUTPUT_TOKENS = 1_000_000
+MAX_SIM_SECONDS = 1e6  # about 11 days of latency
+MIN_SIM_RATE, MAX_SIM_RATE = 1e-3, 1e9  # tokens per second
 
 Continuation = Literal["chat-prefix", "completions", "chat-restate"]
 PromptFormat = Literal["gemma", "chatml", "llama3", "document"]
@@ -85,6 +89,12 @@ def _join(value: Any) -> Join:
         raise PydanticCustomError("stairflow", "{message}", {"message": str(exc)}) from None
 
 
+def _url(value: str | None) -> str | None:
+    if value is not None and url_problem(value) is not None:
+        raise ValueError(url_problem(value))
+    return value
+
+
 JoinSetting = Annotated[Join | str | Mapping[str, Any], PlainValidator(_join)]
 
 
@@ -92,9 +102,21 @@ JoinSetting = Annotated[Join | str | Mapping[str, Any], PlainValidator(_join)]
 class SimSettings(TypedDict, total=False):
     """Simulated timing of a model endpoint, for the whole graph or one node (`SimTiming`)."""
 
-    latency_s: Annotated[Number, Field(ge=0), Fix("use a finite number of seconds >= 0")]
-    prefill_tps: Annotated[Positive, Fix("use a finite number of prompt tokens per second > 0")]
-    decode_tps: Annotated[Positive, Fix("use a finite number of output tokens per second > 0")]
+    # bounded so that every time the timing model derives stays finite (1 / 5e-324 does not)
+    latency_s: Annotated[
+        Number, Field(ge=0, le=MAX_SIM_SECONDS),
+        Fix(f"use a number of seconds from 0 to {MAX_SIM_SECONDS:g}"),
+    ]
+    prefill_tps: Annotated[
+        Number, Field(ge=MIN_SIM_RATE, le=MAX_SIM_RATE),
+        Fix(f"use a number of prompt tokens per second from {MIN_SIM_RATE:g} to "
+            f"{MAX_SIM_RATE:g}"),
+    ]
+    decode_tps: Annotated[
+        Number, Field(ge=MIN_SIM_RATE, le=MAX_SIM_RATE),
+        Fix(f"use a number of output tokens per second from {MIN_SIM_RATE:g} to "
+            f"{MAX_SIM_RATE:g}"),
+    ]
     output_tokens: Annotated[
         Whole, Field(ge=0, le=MAX_SIM_OUTPUT_TOKENS),
         Fix(f"use a whole number from 0 to {MAX_SIM_OUTPUT_TOKENS}"),
@@ -134,11 +156,11 @@ class LLMSettings(TypedDict, total=False):
     context: Annotated[Literal["rebuild", "append"], Fix("use 'rebuild' or 'append'")]
     sim: SimMapping
     base_url: Annotated[
-        str | None, Field(pattern=r"^https?://"),
-        Fix("use an http(s):// URL, e.g. http://127.0.0.1:8080/v1"),
+        str | None, AfterValidator(_url),
+        Fix("use an http(s):// URL with a host, e.g. http://127.0.0.1:8080/v1"),
     ]
     api_key_env: Annotated[
-        str | None, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"),
+        str | None, Field(pattern="^" + ENV_NAME.pattern.replace("\\Z", "$")),
         Fix("use the name of an environment variable, e.g. OPENAI_API_KEY"),
     ]
     continuation: Annotated[

@@ -46,6 +46,7 @@ import trio
 from .._errors import BackendError, ConfigError
 from .._graph import CONTINUATIONS, PROMPT_FORMATS, Continuation
 from .._prompts import Message
+from .._urls import url_problem
 from .base import Request, Usage
 from .redact import one_line, redact
 
@@ -117,8 +118,10 @@ class Endpoint:
         if self.prompt_format not in PROMPT_FORMATS:
             raise ConfigError(f"prompt_format={self.prompt_format!r}; use one of "
                               f"{', '.join(PROMPT_FORMATS)}")
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"base_url={self.base_url!r}; use an http(s):// URL ending in /v1")
+        problem = url_problem(self.base_url)
+        if problem is not None:
+            raise ConfigError(f"base_url={self.base_url!r} is not usable: {problem}; use an "
+                              "http(s) URL like http://127.0.0.1:8000/v1")
         for name in ("timeout_s", "read_timeout_s"):
             value = getattr(self, name)
             if (isinstance(value, bool) or not isinstance(value, int | float)

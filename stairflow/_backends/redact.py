@@ -8,29 +8,52 @@ key from a text; `one_line` makes server text safe to show on one line of a term
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
-from urllib.parse import quote
+from functools import lru_cache
+from typing import Any
 
-__all__ = ["REDACTED", "one_line", "redact"]
+__all__ = ["MIN_SECRET", "REDACTED", "one_line", "redact", "redact_data"]
 
 REDACTED = "[redacted]"
+# shorter "keys" would match ordinary text (a key "1" would rewrite every number); real API
+# keys are far longer, and servers that want no key get none
+MIN_SECRET = 8
 
 
-def _forms(secret: str) -> set[str]:
-    # the key as sent, and as a JSON string or a URL may spell it back
-    return {secret, json.dumps(secret)[1:-1], secret.replace("/", "\\/"), quote(secret, safe="")}
+def _char(c: str) -> str:
+    """A pattern for one character of a key as a server may spell it back: as it is, as a
+    URL escape (%2F or %2f, one per UTF-8 byte), or as a JSON string escape (\\/, \\u00e9)."""
+    if c.isascii() and (c.isalnum() or c in "-_.~"):
+        return re.escape(c)
+    url = "".join(f"%{b:02x}" for b in c.encode())
+    spellings = {re.escape(c), re.escape(json.dumps(c)[1:-1]),
+                 re.escape(json.dumps(c, ensure_ascii=False)[1:-1])}
+    if c == "/":
+        spellings.add(re.escape("\\/"))
+    url_pattern = "".join(f"%[{h[1].lower()}{h[1].upper()}][{h[2].lower()}{h[2].upper()}]"
+                          for h in re.findall(r"%..", url))
+    return "(?:" + "|".join([*sorted(spellings), url_pattern]) + ")"
+
+
+@lru_cache(maxsize=64)
+def _pattern(secrets: frozenset[str]) -> re.Pattern[str] | None:
+    keys = sorted((s for s in secrets if len(s) >= MIN_SECRET), key=len, reverse=True)
+    if not keys:
+        return None
+    # longest first: a key may hold another
+    return re.compile("|".join("".join(_char(c) for c in key) for key in keys))
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every occurrence of every non-empty secret replaced by ``[redacted]``.
+    """``text`` with every occurrence of every secret (of at least `MIN_SECRET` characters)
+    replaced by ``[redacted]``, however a server spelt it back (see `_char`).
 
     Redact before cutting a text short: a cut can leave the start of a key that no longer
     matches.
     """
-    forms = {form for secret in secrets if secret for form in _forms(secret)}
-    for form in sorted(forms, key=len, reverse=True):  # longest first: a form may hold another
-        text = text.replace(form, REDACTED)
-    return text
+    pattern = _pattern(frozenset(secrets))
+    return text if pattern is None else pattern.sub(REDACTED, text)
 
 
 def one_line(text: str, limit: int | None = None) -> str:
@@ -40,3 +63,18 @@ def one_line(text: str, limit: int | None = None) -> str:
     if limit is not None and len(flat) > limit:
         return flat[: max(limit - 3, 0)] + "..."
     return flat
+
+
+def redact_data(data: Any, secrets: Iterable[str]) -> Any:
+    """``data`` (JSON-like: dicts, lists, strings, numbers) with every string redacted; its
+    structure and its other values stay as they are, so it still serialises to valid JSON."""
+    keys = tuple(secrets)
+    if not any(len(k) >= MIN_SECRET for k in keys):
+        return data
+    if isinstance(data, str):
+        return redact(data, keys)
+    if isinstance(data, dict):
+        return {redact_data(k, keys): redact_data(v, keys) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [redact_data(v, keys) for v in data]
+    return data

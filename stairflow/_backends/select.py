@@ -22,10 +22,10 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
-from urllib.parse import urlsplit
 
 from .._errors import ConfigError
 from .._graph import CONTINUATIONS, PROMPT_FORMATS, FrozenGraph, LLMNode
+from .._urls import ENV_NAME, url_problem
 from .base import Backend, Completion, Request, describe_backend
 from .sim import SimBackend
 
@@ -66,9 +66,9 @@ class Planned:
 
 
 def _check_url(url: str, what: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"{what} {url!r} is not an http(s) URL; use one like "
+    problem = url_problem(url)
+    if problem is not None:
+        raise ConfigError(f"{what} {url!r} is not usable: {problem}; use one like "
                           "http://127.0.0.1:8000/v1")
 
 
@@ -88,6 +88,12 @@ def _check_options(opts: Mapping[str, Any]) -> None:
             raise ConfigError(f"{key}={value!r}; use a non-empty string")
     if "base_url" in opts:
         _check_url(opts["base_url"], "base_url")
+    elif "model" in opts:
+        raise ConfigError("a default model needs a default endpoint: give base_url (--base-url) "
+                          "too; the local model serves only its own")
+    if "api_key_env" in opts and not ENV_NAME.match(opts["api_key_env"]):
+        raise ConfigError(f"api_key_env={opts['api_key_env']!r}; use the name of an "
+                          "environment variable, e.g. OPENAI_API_KEY")
     for key, allowed in (("continuation", CONTINUATIONS), ("prompt_format", PROMPT_FORMATS)):
         if key in opts and opts[key] not in allowed:
             raise ConfigError(f"{key}={opts[key]!r}; use one of {', '.join(allowed)}")
@@ -105,11 +111,7 @@ def plan_endpoints(
     for node in graph.llm_nodes():
         at = f"graph '{graph.name}', node '{node.name}'"
         if node.base_url:
-            _check_url(node.base_url, f"{at}: base_url")
-            if not node.model:
-                raise ConfigError(f"{at} sets base_url but no model; set model for it (the "
-                                  "name the server knows the model by)")
-            url, model, key = node.base_url, node.model, node.api_key_env
+            url, model, key = node.base_url, node.model or "", node.api_key_env  # build() checks
         else:
             if choice == "openai" and not default_url:
                 raise ConfigError(f"{at} has no endpoint: set base_url for it in the graph, or "
@@ -138,9 +140,18 @@ def _timeout(node: LLMNode) -> float | None:
 
 
 def _check_key(var: str | None, at: str) -> None:
-    if var and not os.environ.get(var):
+    if not var:
+        return
+    value = os.environ.get(var)
+    if value is None:
         raise ConfigError(f"{at}: environment variable {var} (its API key) is not set; "
                           "export it, or remove api_key_env")
+    if not value:
+        raise ConfigError(f"{at}: environment variable {var} (its API key) is empty; put the "
+                          "key in it, or remove api_key_env")
+    if not value.isprintable() or not value.isascii():
+        raise ConfigError(f"{at}: environment variable {var} (its API key) holds characters "
+                          "that cannot go in an HTTP header (a line break?); check its value")
 
 
 def _local_extra() -> dict[str, Any]:

@@ -17,7 +17,7 @@ import trio.testing
 
 from .._backends.base import Backend, describe_backend
 from .._backends.local import LOCAL_MODEL, LocalModelMissing
-from .._backends.redact import redact
+from .._backends.redact import redact_data
 from .._backends.select import CHOICES, open_backend
 from .._backends.sim import SimBackend
 from .._errors import ConfigError
@@ -162,8 +162,8 @@ def _summary(report: Report) -> str:
 
 
 def _write_trace(run: Run, path: Path) -> None:
-    text = json.dumps(run.trace.to_json(), indent=1) + "\n"
-    path.write_text(redact(text, run.secrets))
+    data = redact_data(run.trace.to_json(), run.secrets)
+    path.write_text(json.dumps(data, indent=1) + "\n")
 
 
 def _run(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
@@ -204,7 +204,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> i
     if args.json:
         data = report.to_dict()
         data["virtual_clock"] = bool(args.virtual_clock)
-        print(redact(json.dumps(data, indent=2), runs[0].secrets), file=out)
+        print(json.dumps(redact_data(data, runs[0].secrets), indent=2), file=out)
     else:
         print(file=out)
         print(_summary(report), file=err)

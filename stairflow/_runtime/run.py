@@ -187,15 +187,21 @@ class Run:
             ):
                 self._scopes[src].cancel()
 
+    def _clean(self, exc: BaseException | None) -> bool:
+        text = "" if exc is None else f"{exc!r} {exc} {exc.__cause__!r}"
+        return redact(text, self.secrets) == text
+
     def _fail(self, name: str, exc: BaseException) -> None:
         if isinstance(exc, NodeError) and exc.node == name:
-            err = exc
+            err, cause = exc, exc.__cause__
             if self.secrets:  # whatever a backend or user code put into it
                 err = type(exc)(name, redact(exc.reason, self.secrets))
-                err.__cause__ = exc.__cause__
         else:
             err = NodeError(name, redact(f"{type(exc).__name__}: {exc}", self.secrets))
-            err.__cause__ = exc
+            cause = exc
+        # the original exception goes along for its traceback, unless it holds a secret
+        err.__cause__ = cause if self._clean(cause) else None
+        err.__suppress_context__ = True
         node = self.graph.nodes[name]
         drop = getattr(node, "on_error", "fail") == "drop"
         self.trace.record("node_error", name, error=str(err), dropped=drop,

@@ -186,7 +186,13 @@ def test_endpoint_limits_are_checked(field: str, value: object, fix: str):
 
 def test_redact():
     assert redact(f"Bearer {KEY}.", [KEY, ""]) == "Bearer [redacted]."
-    assert redact("ab abc", ["ab", "abc"]) == "[redacted] [redacted]"
+    assert redact("abcdefgh abcdefghi", ["abcdefgh", "abcdefghi"]) == "[redacted] [redacted]"
+    assert redact("a short key 1234567 stays", ["1234567", "a"]) == "a short key 1234567 stays"
+    assert redact("k%2fy k%2Fy k/y", ["sk-k/y-long"]) == "k%2fy k%2Fy k/y"
+    url = "sk-K/y+z=42abcdef"
+    for spelt in (url.replace("/", "%2f"), url.replace("/", "%2F").replace("+", "%2B"),
+                  url.replace("+", "%2B"), url.replace("/", "%2F").replace("+", "%2b")):
+        assert redact(f"url:{spelt}!", [url]) == "url:[redacted]!", spelt
     assert redact(json.dumps(KEY).replace("/", "\\/"), [KEY]) == '"[redacted]"'
     assert redact("nothing here", []) == "nothing here"
 

@@ -244,3 +244,26 @@ def test_a_graph_without_llm_nodes_needs_no_backend():
     report = sf.run(g, "hello")  # no local model, no endpoint: none is asked for
     assert (report.output, report.backend) == ("hello", "none (no llm nodes)")
     assert run_virtual(g, "hi").output == "hi"
+
+
+def test_a_secret_in_user_code_s_exception_does_not_ride_along_as_its_cause():
+    g = sf.Graph("g")
+    g.connect(g.input(), g.llm("p"))
+    g.connect("p", g.output())
+
+    class Leaky(Shouty):
+        leak = True
+
+        @asynccontextmanager
+        async def open_stream(self, request: sf.Request) -> AsyncIterator[Stream]:
+            raise RuntimeError(f"key={self.secret}" if self.leak else "no key here")
+            yield Stream([])
+
+    with pytest.raises(sf.NodeError) as caught:
+        sf.run(g, "hi", backend=Leaky(secret="sk-live-98765"))
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    assert str(caught.value) == "node 'p' failed: RuntimeError: key=[redacted]"
+    Leaky.leak = False
+    with pytest.raises(sf.NodeError) as caught:
+        sf.run(g, "hi", backend=Leaky(secret="sk-live-98765"))
+    assert isinstance(caught.value.__cause__, RuntimeError)  # kept for its traceback
