@@ -449,7 +449,7 @@ def _callable_kind(fn: Any) -> str:
         return "a generator function, not an async one"
     if callable(fn):
         return "a plain callable"
-    return f"a {type(fn).__name__}, not a function"
+    return f"of type {type(fn).__name__}, not a function"
 
 
 def _parse(parser: Callable[[Any], Any], value: Any, at: str) -> Any:

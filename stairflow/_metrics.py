@@ -19,6 +19,7 @@ class NodeReport:
     calls: int
     prompt_tokens: int
     cached_tokens: int
+    error: str | None = None  # why it failed (a run that went on had dropped it)
 
 
 @dataclass(frozen=True)
@@ -90,4 +91,5 @@ def _node(trace: Trace, name: str) -> NodeReport:
         calls=len(trace.of("request_sent", name)),
         prompt_tokens=sum(int(e.data.get("prompt_tokens", 0)) for e in requests),
         cached_tokens=sum(int(e.data.get("cached_tokens", 0)) for e in requests),
+        error=next((str(e.data["error"]) for e in trace.of("node_error", name)), None),
     )

@@ -78,6 +78,9 @@ class BackendInfo:
 
 def describe_backend(backend: object) -> BackendInfo:
     """Check that ``backend`` can serve a run and read its optional attributes."""
+    if isinstance(backend, type):
+        raise ConfigError(f"backend={backend.__name__} is a class; pass an instance of it, "
+                          f"e.g. backend={backend.__name__}(...)")
     if not callable(getattr(backend, "open_stream", None)):
         raise ConfigError(
             f"backend={backend!r} is not a backend: pass 'auto', 'local', 'openai' or 'sim', "

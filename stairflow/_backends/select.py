@@ -74,9 +74,14 @@ def _check_url(url: str, what: str) -> None:
 
 def _check_options(opts: Mapping[str, Any]) -> None:
     known = set(EndpointOptions.__annotations__)
-    for key, value in opts.items():
+    for key in opts:
         if key not in known:
-            raise ConfigError(f"unknown backend option {key!r}; use {', '.join(sorted(known))}")
+            hint = (" (virtual time: sf.run(..., virtual_clock=True), or open_run inside "
+                    "trio.run(..., clock=trio.testing.MockClock(autojump_threshold=0)))"
+                    if key == "virtual_clock" else "")
+            raise ConfigError(f"unknown option {key!r}; the backend options are "
+                              f"{', '.join(sorted(known))}{hint}")
+    for key, value in opts.items():
         if key == "timeout_s":
             ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1e9
             if not ok:
@@ -202,6 +207,7 @@ async def open_backend(
     `SimBackend` takes the graph's timing settings) and left open: its owner closes it.
     ``options`` are the run's default endpoint and settings (see `EndpointOptions`)."""
     choice = "auto" if backend is None else backend
+    _check_options({k: v for k, v in options.items() if k not in EndpointOptions.__annotations__})
     if not isinstance(choice, str):
         describe_backend(choice)
         if options:

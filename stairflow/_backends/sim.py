@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._errors import ConfigError
+from .._errors import ConfigError, GraphError
 from .._prompts import Message
+from .._settings import parse_sim
 from .base import Request, Usage
 
 if TYPE_CHECKING:
@@ -172,6 +173,13 @@ class _SimStream:
         return word
 
 
+def _what_if(values: Any, where: str) -> dict[str, float]:
+    try:
+        return parse_sim(values, where)
+    except GraphError as exc:  # an argument, not a graph: a ConfigError, same message
+        raise ConfigError(str(exc)) from None
+
+
 class SimBackend:
     """Simulated model endpoint (see module docs); its output is labelled simulated.
 
@@ -192,9 +200,15 @@ class SimBackend:
         *,
         sim: Mapping[str, float] | None = None,
     ) -> None:
+        if timing is not None and not isinstance(timing, SimTiming):
+            raise ConfigError(f"SimBackend(timing={timing!r}): use a SimTiming")
         self.timing = timing or SimTiming()
-        self.sim = dict(sim or {})
-        self.nodes = {k: dict(v) for k, v in (nodes or {}).items()}
+        self.sim = _what_if(sim or {}, "SimBackend(sim=...)")
+        if not isinstance(nodes or {}, Mapping):
+            raise ConfigError(f"SimBackend(nodes={nodes!r}): use a mapping of node names to "
+                              "timing settings, e.g. {'p3': {'decode_tps': 10}}")
+        self.nodes = {k: _what_if(v, f"SimBackend(nodes={{{k!r}: ...}})")
+                      for k, v in (nodes or {}).items()}
         self._graph_sim: Mapping[str, float] = {}
         self._graph_nodes: dict[str, Mapping[str, float]] = {}
         self.active = 0  # requests open right now

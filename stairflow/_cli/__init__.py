@@ -34,6 +34,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args, extra = _parser().parse_known_args(argv)
     # argparse matches "GRAPH [PROMPT]" in one go, so a prompt after options ("run moa
     # --virtual-clock 'Why?'") is left over: take it as the prompt
+    if extra[:1] == ["--"]:  # "--" ends the options: what follows is the prompt
+        extra = extra[1:]
+        if args.command == "run" and args.prompt is None and len(extra) == 1:
+            args.prompt, extra = extra[0], []
     if args.command == "run" and args.prompt is None and len(extra) == 1 and (
         extra[0] == "-" or not extra[0].startswith("-")
     ):
@@ -46,7 +50,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
          err: TextIO | None = None, stdin: TextIO | None = None) -> int:
-    out, err, stdin = out or sys.stdout, err or sys.stderr, stdin or sys.stdin
+    # a closed descriptor leaves sys.stdout/sys.stderr None: write into the void, not crash
+    out = out or sys.stdout or open(os.devnull, "w")  # noqa: SIM115 - lives as long as we do
+    err = err or sys.stderr or open(os.devnull, "w")  # noqa: SIM115
+    stdin = stdin or sys.stdin or open(os.devnull)  # noqa: SIM115
     try:
         args = _parse(argv)
         code: int = args.handler(args, out, err, stdin)
@@ -64,6 +71,10 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
     except BrokenPipeError:
         _quiet_stdout()
         return 141
+    except OSError as exc:  # the output cannot be written (a full disk, /dev/full ...)
+        _quiet_stdout()
+        print(f"stairflow: error: cannot write the output ({exc.strerror or exc})", file=err)
+        return 1
     except Exception as exc:  # a bug: one line, the traceback on request
         if os.environ.get("STAIRFLOW_DEBUG"):
             raise

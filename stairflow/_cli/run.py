@@ -96,7 +96,7 @@ def _what_ifs(items: list[str]) -> SimBackend | None:
     for item in items:
         target, eq, raw = item.partition("=")
         node, _, key = target.rpartition(".")
-        if not eq or not key:
+        if not eq or not key or target.startswith("."):
             raise ConfigError(f"--sim {item!r}: write [NODE.]KEY=VALUE, e.g. --sim "
                               "p3.decode_tps=10 or --sim latency_s=0.2")
         (per_node.setdefault(node, {}) if node else every)[key] = raw
@@ -158,6 +158,9 @@ def _summary(report: Report) -> str:
               if n.ttft_s is not None and name in inner]
     if firsts:
         lines.append("first token (s): " + ", ".join(firsts))
+    lost = [f"{name} ({n.error})" for name, n in report.nodes.items() if n.error]
+    if lost:
+        lines.append("dropped after an error: " + "; ".join(lost))
     return "\n".join(lines)
 
 

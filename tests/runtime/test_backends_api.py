@@ -267,3 +267,85 @@ def test_a_secret_in_user_code_s_exception_does_not_ride_along_as_its_cause():
     with pytest.raises(sf.NodeError) as caught:
         sf.run(g, "hi", backend=Leaky(secret="sk-live-98765"))
     assert isinstance(caught.value.__cause__, RuntimeError)  # kept for its traceback
+
+
+def test_more_python_api_errors_are_config_errors():
+    g = sf.Graph("g")
+    g.connect(g.input(), g.llm("p"))
+    g.connect("p", g.output())
+    with pytest.raises(sf.ConfigError, match=r"^the message is not valid UTF-8 text"):
+        sf.run(g, "why \udcff?", virtual_clock=True)
+    with pytest.raises(sf.ConfigError, match=r"^backend=SimBackend is a class; pass an instance"):
+        sf.run(g, "hi", backend=sf.SimBackend)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        async with sf.open_run(g, "hi", backend="sim", virtual_clock=True):  # type: ignore[call-arg]
+            pass
+
+    with pytest.raises(sf.ConfigError, match=r"^unknown option 'virtual_clock'.*MockClock"):
+        trio.run(main)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"nodes": {"p": {"decode_tps": 0}}}, "SimBackend(nodes={'p': ...}): decode_tps=0; use"),
+        ({"sim": {"decode_tsp": 3}}, "SimBackend(sim=...): unknown field 'decode_tsp'; did you "
+                                     "mean 'decode_tps'?"),
+        ({"nodes": {"p": 5}}, "SimBackend(nodes={'p': ...}): 5 is not a table"),
+        ({"sim": {"latency_s": float("inf")}}, "SimBackend(sim=...): latency_s=inf; use"),
+    ],
+)
+def test_what_if_settings_are_checked_like_the_graphs(kwargs, message):
+    with pytest.raises(sf.ConfigError) as caught:
+        sf.SimBackend(**kwargs)
+    assert str(caught.value).startswith(message)
+
+
+def test_sys_exit_in_an_fn_node_fails_the_node_not_the_program():
+    async def quitter(inputs: sf.Inputs) -> AsyncIterator[str]:
+        raise SystemExit(4)
+        yield ""
+
+    g = sf.Graph("g")
+    g.connect(g.input(), g.fn("f", quitter))
+    g.connect("f", g.output())
+    with pytest.raises(sf.NodeError) as caught:
+        run_virtual(g)
+    assert str(caught.value) == ("node 'f' failed: called sys.exit(4); raise an exception or "
+                                 "return instead")
+
+
+def test_a_custom_backend_must_end_with_stop_or_length():
+    class Odd(Stream):
+        async def __anext__(self) -> str:
+            try:
+                return await super().__anext__()
+            except StopAsyncIteration:
+                self.finish_reason = "content_filter"
+                raise
+
+    class OddBackend:
+        @asynccontextmanager
+        async def open_stream(self, request: sf.Request) -> AsyncIterator[Stream]:
+            yield Odd(["half"])
+
+    g = sf.Graph("g")
+    g.connect(g.input(), g.llm("p"))
+    g.connect("p", g.output())
+    with pytest.raises(sf.NodeError) as caught:
+        sf.run(g, "hi", backend=OddBackend())
+    assert str(caught.value) == ("node 'p' failed: the backend ended the answer with "
+                                 "finish_reason 'content_filter'; a backend sets 'stop' (the "
+                                 "answer is complete) or 'length' (the step's budget ran out)")
+
+
+def test_redacting_a_report_keeps_it_valid_json():
+    import json
+
+    from stairflow._backends.redact import redact_data
+
+    data = {"ttft_s": 0.125, "text": "said sk-live-abcdef12 twice", "model": "e", "n": [1, "1"]}
+    out = redact_data(data, ["1", "e", "sk-live-abcdef12"])  # short ones would match anything
+    assert out == {"ttft_s": 0.125, "text": "said [redacted] twice", "model": "e", "n": [1, "1"]}
+    assert json.loads(json.dumps(out)) == out

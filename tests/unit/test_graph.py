@@ -126,8 +126,8 @@ def test_output_with_two_inputs():
         ({"on_error": "ignore"}, "graph 't', node 'agg': on_error='ignore'; use 'fail' or "
                                  "'drop'"),
         ({"context": "grow"}, "graph 't', node 'agg': context='grow'; use 'rebuild' or 'append'"),
-        ({"sim": {"decode_tps": 0}}, "graph 't', node 'agg': sim.decode_tps=0; use a finite number "
-                                     "of output tokens per second > 0"),
+        ({"sim": {"decode_tps": 0}}, "graph 't', node 'agg': sim.decode_tps=0; use a number of "
+                                     "output tokens per second from 0.001 to 1e+09"),
         ({"sim": {"speed": 1}}, "graph 't', node 'agg': unknown field 'sim.speed'; did you mean "
                                 "'sim.seed'?"),
     ],

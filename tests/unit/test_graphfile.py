@@ -287,9 +287,9 @@ def test_fn_modules_with_dotted_names_and_attributes(tmp_path):
          "graph 'mini': defaults.sim=5; use a table of simulated timings: latency_s, prefill_tps, "
          "decode_tps, output_tokens, seed"),
         (('decode_tps = 32', 'decode_tps = inf'),
-         "graph 'mini': sim.decode_tps=inf; use a finite number of output tokens per second > 0"),
+         "graph 'mini': sim.decode_tps=inf; use a number of output tokens per second from 0.001 to 1e+09"),
         (('decode_tps = 32', 'latency_s = nan'),
-         "graph 'mini': sim.latency_s=nan; use a finite number of seconds >= 0"),
+         "graph 'mini': sim.latency_s=nan; use a number of seconds from 0 to 1e+06"),
         (('sim = { seed = 3 }', 'sim = { output_tokens = inf }'),
          "graph 'mini', node 'a': sim.output_tokens=inf; use a whole number from 0 to 1000000"),
         (('sim = { seed = 3 }', 'sim = { seed = nan }'),

@@ -26,7 +26,7 @@ from stairflow._settings import (
 INF, NAN = math.inf, math.nan
 WHERE = "graph 'mini'"
 NODE = "graph 'mini', node 'a'"
-SIM_FIX = "use a finite number of output tokens per second > 0"
+SIM_FIX = "use a number of output tokens per second from 0.001 to 1e+09"
 WHOLE_TOKENS = f"use a whole number from 0 to {MAX_SIM_OUTPUT_TOKENS}"
 STEPS_FIX = "use a whole number >= 1 or a non-empty list of them, like [32, 64]"
 LLM_TIMEOUT = ("use the most seconds one model request may take (> 0), or leave it out for the "
@@ -99,13 +99,13 @@ CASES = [
     # non-finite numbers, everywhere a number is read
     ({}, {"temperature": NAN}, "llm", f"{NODE}: temperature=nan; use a number from 0 to 2"),
     ({}, {"sim": {"latency_s": INF}}, "llm",
-     f"{NODE}: sim.latency_s=inf; use a finite number of seconds >= 0"),
+     f"{NODE}: sim.latency_s=inf; use a number of seconds from 0 to 1e+06"),
     ({}, {"sim": {"latency_s": NAN}}, "llm",
-     f"{NODE}: sim.latency_s=nan; use a finite number of seconds >= 0"),
+     f"{NODE}: sim.latency_s=nan; use a number of seconds from 0 to 1e+06"),
     ({}, {"sim": {"decode_tps": NAN}}, "llm", f"{NODE}: sim.decode_tps=nan; {SIM_FIX}"),
     ({}, {"sim": {"decode_tps": INF}}, "llm", f"{NODE}: sim.decode_tps=inf; {SIM_FIX}"),
     ({}, {"sim": {"prefill_tps": NAN}}, "llm",
-     f"{NODE}: sim.prefill_tps=nan; use a finite number of prompt tokens per second > 0"),
+     f"{NODE}: sim.prefill_tps=nan; use a number of prompt tokens per second from 0.001 to 1e+09"),
     ({}, {"sim": {"output_tokens": INF}}, "llm", f"{NODE}: sim.output_tokens=inf; {WHOLE_TOKENS}"),
     ({}, {"sim": {"output_tokens": 1.5}}, "llm", f"{NODE}: sim.output_tokens=1.5; {WHOLE_TOKENS}"),
     ({}, {"sim": {"output_tokens": 10**9}}, "llm",
@@ -132,7 +132,7 @@ CASES = [
     ({}, {"model": 5}, "llm", f"{NODE}: model=5; use a string, the model's name at its endpoint"),
     ({}, {"system": False}, "llm", f"{NODE}: system=False; use a string, the system prompt"),
     ({}, {"base_url": "ftp://x"}, "llm",
-     f"{NODE}: base_url='ftp://x'; use an http(s):// URL, e.g. http://127.0.0.1:8080/v1"),
+     f"{NODE}: base_url='ftp://x'; use an http(s):// URL with a host, e.g. http://127.0.0.1:8080/v1"),
     ({}, {"api_key_env": "MY KEY"}, "llm",
      f"{NODE}: api_key_env='MY KEY'; use the name of an environment variable, e.g. OPENAI_API_KEY"),
     ({}, {"continuation": "guess"}, "llm",
@@ -163,7 +163,7 @@ CASES = [
     ({"defaults": {"temprature": 1}}, {}, "llm",
      f"{WHERE}: unknown field 'defaults.temprature'; did you mean 'defaults.temperature'?"),
     ({"sim": {"latency_s": INF}}, {}, "llm",
-     f"{WHERE}: sim.latency_s=inf; use a finite number of seconds >= 0"),
+     f"{WHERE}: sim.latency_s=inf; use a number of seconds from 0 to 1e+06"),
     ({"sim": {"max_tokens": 5}}, {}, "llm",
      f"{WHERE}: unknown field 'sim.max_tokens'; did you mean 'sim.output_tokens'?"),
     ({"edge_buffer": True}, {}, "llm", f"{WHERE}: edge_buffer=True; use a whole number >= 1"),
@@ -191,7 +191,7 @@ GOOD = [
     ({"defaults": {"timeout_s": 30, "max_tokens": 64}, "sim": {"latency_s": 0, "seed": 2}},
      {"temperature": 0, "steps": [8, 16], "timeout_s": 2.5,
       "sim": {"output_tokens": MAX_SIM_OUTPUT_TOKENS, "decode_tps": 10},
-      "join": {"policy": "any", "max_wait_s": 0.5}, "base_url": "https://x.example/v1",
+      "join": {"policy": "any", "max_wait_s": 0.5}, "base_url": "https://x.example/v1", "model": "m",
       "api_key_env": "X_KEY", "continuation": "completions", "prompt_format": "gemma"}, "llm"),
     ({}, {"timeout_s": 1, "join": "any", "on_error": "drop"}, "fn"),
 ]
@@ -229,7 +229,7 @@ def test_parse_sim_checks_a_command_line_what_if():
         ({"decode_tps": "nan"}, f"--sim p3: decode_tps=nan; {SIM_FIX}"),
         ({"decode_tps": "fast"}, f"--sim p3: decode_tps='fast'; {SIM_FIX}"),
         ({"output_tokens": "1.5"}, f"--sim p3: output_tokens=1.5; {WHOLE_TOKENS}"),
-        ({"latency_s": "inf"}, "--sim p3: latency_s=inf; use a finite number of seconds >= 0"),
+        ({"latency_s": "inf"}, "--sim p3: latency_s=inf; use a number of seconds from 0 to 1e+06"),
         ({"decode": 1}, "--sim p3: unknown field 'decode'; did you mean 'decode_tps'?"),
     ]:
         with pytest.raises(sf.GraphError) as info:
@@ -270,7 +270,7 @@ def test_wrong_types_in_the_python_api_are_graph_errors():
     g.connect("f", g.output("o"))
     with pytest.raises(sf.GraphError) as info:
         g.build()
-    assert str(info.value) == ("graph 't', node 'f': fn=None is a NoneType, not a function; "
+    assert str(info.value) == ("graph 't', node 'f': fn=None is of type NoneType, not a function; "
                                "make it an async generator function (async def f(inputs): ... "
                                "yield text)")
 
