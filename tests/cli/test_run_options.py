@@ -74,6 +74,14 @@ def test_a_bad_default_url_or_key_variable_is_bad_input_before_the_run(monkeypat
     code, _, err = cli("run", "moa", "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
                        "--api-key-env", "SF_UNSET_KEY")
     assert code == 2 and "node 'p1': environment variable SF_UNSET_KEY" in err
+    for value, problem in (("", "is empty"), ("sk-abc\nX-Evil: 1", "holds characters")):
+        monkeypatch.setenv("SF_ODD_KEY", value)
+        code, _, err = cli("run", "moa", "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
+                           "--api-key-env", "SF_ODD_KEY")
+        assert code == 2
+        assert err.startswith("stairflow: error: graph 'moa', node 'p1': environment variable "
+                              f"SF_ODD_KEY (its API key) {problem}")
+        assert "X-Evil" not in err
 
 
 def test_the_prompt_may_come_after_options(tmp_path):
