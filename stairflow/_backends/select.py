@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from .._errors import ConfigError
-from .._graph import CONTINUATIONS, PROMPT_FORMATS, FrozenGraph, LLMNode
+from .._graph import CONTINUATIONS, PROMPT_FORMATS, FrozenGraph, Graph, LLMNode
 from .._urls import ENV_NAME, url_problem
 from .base import Backend, Completion, Request, describe_backend
 from .sim import SimBackend
@@ -72,7 +72,7 @@ def _check_url(url: str, what: str) -> None:
                           "http://127.0.0.1:8000/v1")
 
 
-def _check_options(opts: Mapping[str, Any]) -> None:
+def _check_names(opts: Mapping[str, Any]) -> None:
     known = set(EndpointOptions.__annotations__)
     for key in opts:
         if key not in known:
@@ -81,6 +81,10 @@ def _check_options(opts: Mapping[str, Any]) -> None:
                     if key == "virtual_clock" else "")
             raise ConfigError(f"unknown option {key!r}; the backend options are "
                               f"{', '.join(sorted(known))}{hint}")
+
+
+def _check_options(opts: Mapping[str, Any]) -> None:
+    _check_names(opts)
     for key, value in opts.items():
         if key == "timeout_s":
             ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1e9
@@ -198,7 +202,7 @@ def _name(endpoints: Mapping[str, Endpoint], local_url: str | None) -> str:
 
 @asynccontextmanager
 async def open_backend(
-    graph: FrozenGraph,
+    graph: Graph | FrozenGraph,
     backend: BackendChoice | Backend | None = "auto",
     **options: Any,
 ) -> AsyncIterator[Backend]:
@@ -207,7 +211,9 @@ async def open_backend(
     `SimBackend` takes the graph's timing settings) and left open: its owner closes it.
     ``options`` are the run's default endpoint and settings (see `EndpointOptions`)."""
     choice = "auto" if backend is None else backend
-    _check_options({k: v for k, v in options.items() if k not in EndpointOptions.__annotations__})
+    _check_names(options)
+    if isinstance(graph, Graph):
+        graph = graph.build()
     if not isinstance(choice, str):
         describe_backend(choice)
         if options:

@@ -291,3 +291,9 @@ def test_a_dropped_node_shows_in_the_summary_and_the_report(tmp_path):
     nodes = json.loads(out)["nodes"]
     assert nodes["f"]["error"] == "node 'f' failed: RuntimeError: no luck"
     assert nodes["p"]["error"] is None
+
+
+def test_a_default_model_needs_a_default_endpoint():
+    code, _, err = cli("run", "moa", "--model", "beta")
+    assert (code, err) == (2, "stairflow: error: a default model needs a default endpoint: give "
+                              "base_url (--base-url) too; the local model serves only its own\n")
