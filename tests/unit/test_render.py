@@ -58,17 +58,6 @@ def test_every_edge_is_drawn_exactly_once_in_the_bundled_graphs():
         assert len(labels) <= len(graph.edges)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write a read-only file")
-def test_render_to_an_unwritable_file(tmp_path):
-    target = tmp_path / "g.dot"
-    target.write_text("")
-    target.chmod(0o444)
-    with pytest.raises(sf.ConfigError) as info:
-        render(sf.resolve_graph("moa"), target)
-    assert str(info.value) == (f"cannot write {target} (Permission denied); choose a path you "
-                               "can write to")
-
-
 @pytest.mark.parametrize("fmt", ["dot", "svg"])
 def test_render_to_a_missing_directory_or_a_directory(tmp_path, fmt):
     if fmt != "dot" and shutil.which("dot") is None:
