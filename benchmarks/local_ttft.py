@@ -35,8 +35,10 @@ async def main(proposal_tokens: int, runs: int, context: str) -> None:
     graph = moa(proposal_tokens, context)
     ttft: dict[str, list[float]] = {"staircase": [], "normal": []}
     # the local model (started for this script, or the one `stairflow serve` keeps), every
-    # proposal exactly N tokens long (ignore_eos) so that the timings are comparable
-    async with sf.open_backend(graph, "local", extra_body={"ignore_eos": True}) as backend:
+    # proposal exactly N tokens long (ignore_eos) so that the timings are comparable, and no
+    # repetition penalty: the reference measurement's shape
+    steady = {"ignore_eos": True, "repeat_penalty": 1.0}
+    async with sf.open_backend(graph, "local", extra_body=steady) as backend:
         for i in range(runs):
             for mode in ("staircase", "normal"):
                 async with sf.open_run(graph, "Why is the sky blue?", backend=backend,
