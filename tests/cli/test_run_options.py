@@ -297,3 +297,18 @@ def test_a_default_model_needs_a_default_endpoint():
     code, _, err = cli("run", "moa", "--model", "beta")
     assert (code, err) == (2, "stairflow: error: a default model needs a default endpoint: give "
                               "base_url (--base-url) too; the local model serves only its own\n")
+
+
+def test_run_help_says_what_max_tokens_and_the_endpoint_options_reach(capsys):
+    with pytest.raises(SystemExit):
+        cli("run", "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "cap every llm node's answer at N tokens - the final answer too" in text
+    assert "Nodes that name their own endpoint (base_url, model) in the graph use it" in text
+
+
+def test_no_file_points_at_a_design_document_outside_the_repository():
+    root = Path(__file__).resolve().parents[2]
+    for path in [*root.glob("stairflow/**/*.py"), *root.glob("tests/**/*.py")]:
+        if path != Path(__file__).resolve():
+            assert "DESIGN.md" not in path.read_text(), path
