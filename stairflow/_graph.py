@@ -13,6 +13,7 @@ import inspect
 import re
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Literal, TypeAlias
 
@@ -158,10 +159,21 @@ class FrozenGraph:
     declared_edges: tuple[Edge, ...] = ()  # the edges as declared, whatever the mode
 
     def inputs_of(self, name: str) -> tuple[Edge, ...]:
-        return tuple(e for e in self.edges if e.dst == name)
+        return self._edges_by_end[0].get(name, ())
 
     def outputs_of(self, name: str) -> tuple[Edge, ...]:
-        return tuple(e for e in self.edges if e.src == name)
+        return self._edges_by_end[1].get(name, ())
+
+    @cached_property
+    def _edges_by_end(self) -> tuple[dict[str, tuple[Edge, ...]], dict[str, tuple[Edge, ...]]]:
+        # the runtime asks for a node's edges at every step: a scan of all edges each time
+        # made a 5,000-node graph spend most of its run here
+        ins: dict[str, list[Edge]] = {}
+        outs: dict[str, list[Edge]] = {}
+        for e in self.edges:
+            ins.setdefault(e.dst, []).append(e)
+            outs.setdefault(e.src, []).append(e)
+        return ({k: tuple(v) for k, v in ins.items()}, {k: tuple(v) for k, v in outs.items()})
 
     @property
     def layers(self) -> list[list[str]]:

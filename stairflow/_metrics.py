@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ._trace import Trace
+from ._trace import Event, Trace
 
 __all__ = ["NodeReport", "Report"]
 
@@ -53,7 +54,11 @@ class Report:
         out_tokens = sum(
             e.data["tokens"] for e in trace.of("chunk") if e.data["edge"][1] == meta["output"]
         )
-        nodes = {name: _node(trace, name) for name in meta["nodes"]}
+        # one pass over the events: asking the trace per node would cost nodes x events
+        by: dict[tuple[str, str | None], list[Event]] = defaultdict(list)
+        for event in trace.events:
+            by[(event.kind, event.node)].append(event)
+        nodes = {name: _node(by, name) for name in meta["nodes"]}
         return cls(
             graph=meta["graph"],
             mode=meta["mode"],
@@ -78,18 +83,20 @@ class Report:
         return out
 
 
-def _node(trace: Trace, name: str) -> NodeReport:
-    firsts = trace.of("first_token", name)
-    ends = trace.of("node_end", name) or trace.of("node_error", name) or trace.of(
-        "node_cancel", name)
+def _node(by: Mapping[tuple[str, str | None], list[Event]], name: str) -> NodeReport:
+    def of(kind: str) -> list[Event]:
+        return by.get((kind, name), [])
+
+    firsts = of("first_token")
+    ends = of("node_end") or of("node_error") or of("node_cancel")
     # a cancelled request was prefilled too; it counts what the backend knew (see nodes.py)
-    requests = trace.of("request_end", name) + trace.of("request_cancel", name)
+    requests = of("request_end") + of("request_cancel")
     return NodeReport(
         ttft_s=firsts[0].t if firsts else None,
         done_s=ends[0].t if ends else None,
         tokens=int(ends[0].data.get("tokens", 0)) if ends else 0,
-        calls=len(trace.of("request_sent", name)),
+        calls=len(of("request_sent")),
         prompt_tokens=sum(int(e.data.get("prompt_tokens", 0)) for e in requests),
         cached_tokens=sum(int(e.data.get("cached_tokens", 0)) for e in requests),
-        error=next((str(e.data["error"]) for e in trace.of("node_error", name)), None),
+        error=next((str(e.data["error"]) for e in of("node_error")), None),
     )
