@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from .._errors import ConfigError
 from .._prompts import Message
@@ -59,7 +59,6 @@ class Completion(Protocol):
     def __aiter__(self) -> AsyncIterator[str]: ...
 
 
-@runtime_checkable
 class Backend(Protocol):
     """What a run needs from a backend: one method. See the module docs for the optional
     attributes (``name``, ``simulated``, ``secret_values``, ``aclose``)."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from .._errors import ConfigError
-from .._graph import CONTINUATIONS, PROMPT_FORMATS, FrozenGraph, Graph, LLMNode
+from .._graph import CONTINUATIONS, PROMPT_FORMATS, FrozenGraph, Graph
 from .._urls import ENV_NAME, url_problem
 from .base import Backend, Completion, Request, describe_backend
 from .sim import SimBackend
@@ -138,14 +138,10 @@ def plan_endpoints(
             node.continuation or opts.get("continuation")
             or ("completions" if local else "chat-prefix"),
             node.prompt_format or opts.get("prompt_format") or ("document" if local else "chatml"),
-            _timeout(node) or opts.get("timeout_s"),
+            node.timeout_s or opts.get("timeout_s"),
             {**(_local_extra() if local else {}), **opts.get("extra_body", {})},
         ))
     return planned
-
-
-def _timeout(node: LLMNode) -> float | None:
-    return float(node.timeout_s) if node.timeout_s is not None else None
 
 
 def _check_key(var: str | None, at: str) -> None:

@@ -316,9 +316,10 @@ def run(
         backend = "sim" if backend is None else backend
         if isinstance(backend, str) and backend not in ("sim", "simulated"):
             raise ConfigError(f"the virtual clock needs the simulated backend, not {backend!r}")
-        if not isinstance(backend, str) and not describe_backend(backend).simulated:
-            raise ConfigError("the virtual clock needs a simulated backend, not "
-                              f"{describe_backend(backend).name}")
+        if not isinstance(backend, str):
+            info = describe_backend(backend)
+            if not info.simulated:
+                raise ConfigError(f"the virtual clock needs a simulated backend, not {info.name}")
 
     async def main() -> Report:
         async with open_run(frozen, query, backend=backend, mode=mode, **options) as r:
@@ -327,6 +328,7 @@ def run(
 
     clock = trio.testing.MockClock(autojump_threshold=0) if virtual_clock else None
     return trio.run(main, clock=clock)
+
 
 def _inside_trio() -> bool:
     try:
