@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .._core.policy import Rates
 from .._errors import ConfigError, GraphError
 from .._prompts import Message
 from .._settings import parse_sim
@@ -236,6 +237,13 @@ class SimBackend:
     def timing_for(self, node: str) -> SimTiming:
         return (self.timing.merged(self._graph_sim).merged(self._graph_nodes.get(node, {}))
                 .merged(self.sim).merged(self.nodes.get(node, {})))
+
+    def rates(self, node: str) -> Rates:
+        """The node's exact rates, for the no-regret step policy (`stairflow._core.policy`):
+        a simulated token is at most two words, so it reads back as at most two prompt
+        tokens."""
+        t = self.timing_for(node)
+        return Rates(t.prefill_tps, t.decode_tps, count_tokens, prompt_tokens_per_token=2.0)
 
     @asynccontextmanager
     async def open_stream(self, request: Request) -> AsyncIterator[_SimStream]:

@@ -110,25 +110,31 @@ class Inbox:
         """Every input has ended and every end has been consumed."""
         return not self._candidates()
 
-    def consume(self) -> Step:
-        new: dict[str, str] = {}
-        chunks: dict[str, int] = {}
-        for p in self._ports.values():
-            if p.pending_chunks or p.ended_pending:
-                new[p.name], chunks[p.name] = p.pending, p.pending_chunks
-            p.received += p.pending
-            p.pending, p.pending_chunks, p.ended_pending, p.since = "", 0, False, None
-        step = Step(
+    @property
+    def all_ended(self) -> bool:
+        """Every input's last chunk has arrived (the next step is the final one)."""
+        return all(p.ended for p in self._ports.values())
+
+    def peek(self) -> Step:
+        """The step `consume` would take now, without taking it."""
+        new = {p.name: p.pending for p in self._ports.values() if self._is_pending(p)}
+        return Step(
             index=self.steps_taken,
             new=MappingProxyType(new),
-            text=MappingProxyType(
-                {p.name: p.received for p in self._ports.values() if not p.dropped}
-            ),
-            chunks=MappingProxyType(chunks),
+            text=MappingProxyType({p.name: p.received + p.pending
+                                   for p in self._ports.values() if not p.dropped}),
+            chunks=MappingProxyType({p.name: p.pending_chunks for p in self._ports.values()
+                                     if self._is_pending(p)}),
             finished=frozenset(p.name for p in self._ports.values() if p.ended),
             dropped=frozenset(p.name for p in self._ports.values() if p.dropped),
-            final=all(p.ended for p in self._ports.values()),
+            final=self.all_ended,
             query=self.query,
         )
+
+    def consume(self) -> Step:
+        step = self.peek()
+        for p in self._ports.values():
+            p.received += p.pending
+            p.pending, p.pending_chunks, p.ended_pending, p.since = "", 0, False, None
         self.steps_taken += 1
         return step

@@ -36,11 +36,14 @@ class LiveInbox:
         self._virtual = virtual
         self._clock = clock
         self._changed = trio.Event()  # arrivals, for the node
+        self.ended = trio.Event()  # every input has ended
         self._space = trio.lowlevel.ParkingLot()  # consumption, for blocked producers
 
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+        if self.core.all_ended:
+            self.ended.set()
 
     def _has_room(self, name: str) -> bool:
         return self.eager or self.waiting or self.core.pending_chunks(name) < self.cap
@@ -58,21 +61,27 @@ class LiveInbox:
             self.core.drop(name, self._clock())
             self._notify()
 
-    async def next_step(self) -> Step:
-        """Wait until the join holds (or a straggler timeout passes), then take the step."""
+    async def next_step(self, pays: Callable[[Step], bool] | None = None) -> Step:
+        """Wait until the join holds (or a straggler timeout passes), then take the step.
+        With ``pays``, a step before every input has ended is taken only if ``pays`` says so
+        about it (see `stairflow._core.policy`); otherwise the node waits for more input."""
         self.waiting = True
         self._space.unpark_all()
         try:
             ready_since = self._clock()
-            while not self.core.ready():
+            while True:
+                while not self.core.ready():
+                    changed = self._changed
+                    deadline = self.core.wait_deadline(ready_since)
+                    if deadline is not None and self._clock() >= deadline:
+                        break
+                    with trio.move_on_at(deadline if deadline is not None else float("inf")):
+                        await changed.wait()
+                await settle(self._virtual)
                 changed = self._changed
-                deadline = self.core.wait_deadline(ready_since)
-                if deadline is not None and self._clock() >= deadline:
-                    break
-                with trio.move_on_at(deadline if deadline is not None else float("inf")):
-                    await changed.wait()
-            await settle(self._virtual)
-            return self.core.consume()
+                if pays is None or self.core.all_ended or pays(self.core.peek()):
+                    return self.core.consume()
+                await changed.wait()
         finally:
             self.waiting = False
             self._space.unpark_all()

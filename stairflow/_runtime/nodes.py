@@ -8,17 +8,21 @@ reaches ``max_tokens``, or after its final step.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
 
-from .._backends.base import Request
+from .._backends.base import Completion, Request
 from .._core.inbox import Step
+from .._core.policy import Layout, Rates, early_step_pays, keep_writing, overheads
 from .._errors import NodeError
 from .._graph import FnNode, LLMNode
 from .._prompts import InputText, StepText, build_messages
-from .inbox import Inputs
+from .clock import settle
+from .inbox import Inputs, LiveInbox
 
 if TYPE_CHECKING:
     from .run import Run
@@ -47,57 +51,131 @@ async def run_output(run: Run, name: str) -> None:
             return
 
 
+@dataclass
+class _InFlight:
+    """A step before the inputs end, which the preemption watcher may cut."""
+
+    scope: trio.CancelScope | None = None
+    budget: int = 0  # the step's request's max_tokens
+    written: int = 0  # tokens it has written so far
+    last: float = 0.0  # when it wrote the last of them
+    emitting: bool = False  # a token is being delivered: cut after it, not in the middle
+    cut: bool = False
+
+
 async def run_llm(run: Run, node: LLMNode) -> None:
     inbox, out = run.inboxes[node.name], run.emitters[node.name]
     query_src = run.graph.input
-    history: list[StepText] = []
+    rates = run.rates_for(node.name)
+    layout = Layout(node.prompt, node.system, run.query, node.context, query_src)
+    history: list[StepText] = []  # earlier steps that wrote something
+    carry: dict[str, str] = {}  # input taken by steps cut before they wrote anything
+    flight = _InFlight()
+
+    def pays(step: Step) -> bool:
+        assert rates is not None
+        pending = _joined(carry, step.new)
+        skipped, taken = overheads(rates, layout, texts=step.text, pending=pending,
+                                   ended=step.finished, history=history, output=out.text)
+        budget = min(node.max_tokens - out.tokens, node.step_budget(step.index))
+        return early_step_pays(rates, written=out.tokens, budget=budget, skipped=skipped,
+                               taken=taken)
+
     k = 0
-    while out.tokens < node.max_tokens:
-        step = await inbox.next_step()
-        if inbox.core.all_dropped:
-            raise NodeError(node.name, "every input failed and was dropped")
-        run.trace.record("step_start", node.name, step=k, consumed=dict(step.chunks),
-                         final=step.final)
-        inputs = [
-            InputText(n, t, n in step.finished, n == query_src) for n, t in step.text.items()
-        ]
-        history.append(StepText(tuple(step.new.items()), ""))
-        messages, prefix = build_messages(
-            node.prompt, node.system, run.query, inputs, out.text, node.context, history
-        )
-        left = node.max_tokens - out.tokens
-        budget = left if step.final else min(left, node.step_budget(k))
-        before, chars_before = out.tokens, len(out.text)
-        request = Request(node.name, tuple(messages), prefix, budget, node.temperature,
-                          node.model, k, before)
-        finish = await _call(run, request)
-        history[-1] = StepText(history[-1].new, out.text[chars_before:])
-        run.trace.record("step_end", node.name, step=k, tokens=out.tokens - before)
-        k += 1
-        if finish == "stop" or step.final:
-            break
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_preempt_when_inputs_end, run, inbox, flight, rates)
+        while out.tokens < node.max_tokens:
+            step = await inbox.next_step(None if rates is None else pays)
+            if inbox.core.all_dropped:
+                raise NodeError(node.name, "every input failed and was dropped")
+            run.trace.record("step_start", node.name, step=k, consumed=dict(step.chunks),
+                             final=step.final)
+            inputs = [
+                InputText(n, t, n in step.finished, n == query_src) for n, t in step.text.items()
+            ]
+            new = tuple(_joined(carry, step.new).items())
+            messages, prefix = build_messages(
+                node.prompt, node.system, run.query, inputs, out.text, node.context,
+                [*history, StepText(new, "")],
+            )
+            left = node.max_tokens - out.tokens
+            budget = left if step.final else min(left, node.step_budget(k))
+            before, chars_before = out.tokens, len(out.text)
+            request = Request(node.name, tuple(messages), prefix, budget, node.temperature,
+                              node.model, k, before)
+            finish = await _call(run, request, None if step.final else flight)
+            wrote = out.text[chars_before:]
+            if wrote:
+                history.append(StepText(new, wrote))
+                carry = {}
+            else:  # cut before its first token: its input goes into the next step's block
+                carry = dict(new)
+            run.trace.record("step_end", node.name, step=k, tokens=out.tokens - before)
+            k += 1
+            if finish == "stop" or step.final:
+                break
+        nursery.cancel_scope.cancel()
 
 
-async def _call(run: Run, req: Request) -> str | None:
+def _joined(a: Mapping[str, str], b: Mapping[str, str]) -> dict[str, str]:
+    return {n: a.get(n, "") + b.get(n, "") for n in {**a, **b}}
+
+
+async def _preempt_when_inputs_end(
+    run: Run, inbox: LiveInbox, flight: _InFlight, rates: Rates | None
+) -> None:
+    """Once every input has ended, cut a step still in flight so that the final step starts
+    now - unless it is already writing and finishing it is no later (see `keep_writing`)."""
+    await inbox.ended.wait()
+    await settle(run.virtual)  # what is due at this very instant lands first
+    if flight.scope is None:
+        return
+    since_last = trio.current_time() - flight.last
+    if flight.written and keep_writing(rates, left=flight.budget - flight.written,
+                                       since_last=since_last):
+        return
+    flight.cut = True
+    if not flight.emitting:
+        flight.scope.cancel()
+
+
+async def _call(run: Run, req: Request, flight: _InFlight | None = None) -> str | None:
+    """One request, its tokens streamed out; returns its finish reason (None: it was cut
+    because every input ended, see `_preempt_when_inputs_end`)."""
     out = run.emitters[req.node]
     run.trace.record("request_sent", req.node, step=req.step, max_tokens=req.max_tokens,
                      position=req.position)
     stream = None
+    scope = trio.CancelScope()
+    if flight is not None:
+        flight.scope, flight.cut, flight.budget, flight.written = scope, False, req.max_tokens, 0
     try:
-        async with run.backend.open_stream(req) as stream:
-            async for token in stream:
-                if out.tokens == req.position:
-                    run.trace.record("first_token", req.node, step=req.step)
-                await out.emit(token)
+        with scope:
+            async with run.backend.open_stream(req) as stream:
+                async for token in stream:
+                    if out.tokens == req.position:
+                        run.trace.record("first_token", req.node, step=req.step)
+                    if flight is None:
+                        await out.emit(token)
+                        continue
+                    flight.emitting = True
+                    flight.written, flight.last = flight.written + 1, trio.current_time()
+                    await out.emit(token)
+                    flight.emitting = False
+                    if flight.cut:
+                        scope.cancel()
+                        await trio.lowlevel.checkpoint()
     except trio.Cancelled:
         # the prompt was processed even if the answer was cut off; a backend that knows the
         # count before the end (the simulator) reports it, others only at the end (0 here)
-        usage = stream.usage if stream is not None else None
-        run.trace.record("request_cancel", req.node, step=req.step,
-                         tokens=out.tokens - req.position,
-                         prompt_tokens=usage.prompt_tokens if usage else 0,
-                         cached_tokens=usage.cached_tokens if usage else 0)
+        _record_cancel(run, req, stream)
         raise
+    finally:
+        if flight is not None:
+            flight.scope, flight.emitting = None, False
+    if stream is None or (scope.cancelled_caught and stream.finish_reason is None):
+        _record_cancel(run, req, stream, cut=True)
+        return None
     run.trace.record(
         "request_end", req.node, step=req.step, tokens=out.tokens - req.position,
         prompt_tokens=stream.usage.prompt_tokens, cached_tokens=stream.usage.cached_tokens,
@@ -108,6 +186,16 @@ async def _call(run: Run, req: Request) -> str | None:
                         f"{stream.finish_reason!r}; a backend sets 'stop' (the answer is "
                         "complete) or 'length' (the step's budget ran out)")
     return stream.finish_reason
+
+
+def _record_cancel(run: Run, req: Request, stream: Completion | None, cut: bool = False) -> None:
+    out = run.emitters[req.node]
+    usage = stream.usage if stream is not None else None
+    extra = {"reason": "every input ended: the final step starts now"} if cut else {}
+    run.trace.record("request_cancel", req.node, step=req.step,
+                     tokens=out.tokens - req.position,
+                     prompt_tokens=usage.prompt_tokens if usage else 0,
+                     cached_tokens=usage.cached_tokens if usage else 0, **extra)
 
 
 async def run_fn(run: Run, node: FnNode) -> None:

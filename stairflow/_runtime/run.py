@@ -22,6 +22,7 @@ import trio.testing
 from .._backends.base import Backend, describe_backend
 from .._backends.redact import redact
 from .._backends.select import BackendChoice, EndpointOptions, open_backend
+from .._core.policy import Rates
 from .._errors import ConfigError, InternalError, NodeError, StairflowError
 from .._graph import FnNode, FrozenGraph, Graph, InputNode, LLMNode, Mode, OutputNode
 from .._joins import join_any
@@ -76,6 +77,7 @@ class Run:
             for name in graph.nodes
         }
         self.output_parts: list[str] = []
+        self._rates = getattr(backend, "rates", None)  # optional: see _core/policy.py
         self._scopes: dict[str, trio.CancelScope] = {}
         self._done: set[str] = set()
         self.error: StairflowError | None = None
@@ -84,6 +86,11 @@ class Run:
         self._nodes_scope = trio.CancelScope()
         self._new_event = trio.Event()
         self.trace.listeners.append(self._on_event)
+
+    def rates_for(self, node: str) -> Rates | None:
+        """The backend's rates for ``node``, if it knows them (the simulator does)."""
+        rates = self._rates(node) if callable(self._rates) else None
+        return rates if isinstance(rates, Rates) else None
 
     @property
     def output(self) -> str:

@@ -19,10 +19,12 @@ instant as a token is ordered. `check_timeline` says so instead of passing.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from .._backends.sim import SimBackend, SimTiming, count_tokens, sim_tokens
+from .._core.policy import Layout, Rates, early_step_pays, keep_writing, overheads
 from .._errors import ConfigError
 from .._graph import FnNode, FrozenGraph, Graph, InputNode, LLMNode, Mode, OutputNode
 from .._joins import Join
@@ -85,8 +87,9 @@ def _cut(trigger: Trigger, line: _Line) -> list[_Arrival]:
 
 
 def _step_start(node: str, arrivals: dict[str, list[_Arrival]], used: dict[str, int],
-                ready: float, join: Join) -> float:
-    """The first instant at or after ``ready`` when the join holds (or its wait runs out)."""
+                ready: float, join: Join, takes: Callable[[float], bool]) -> float:
+    """The first instant at or after ``ready`` when the join holds (or its wait runs out) and
+    the step is worth taking (``takes``: the no-regret policy, or the final step)."""
     times = sorted({ready} | {a.t for name, arr in arrivals.items() for a in arr[used[name]:]
                               if a.t > ready})
 
@@ -103,55 +106,103 @@ def _step_start(node: str, arrivals: dict[str, list[_Arrival]], used: dict[str, 
                     earliest = min(earliest, here[0].t)
         return pending, candidates, None if earliest == math.inf else earliest
 
+    waited_out = False  # the straggler timeout has passed: any arrival may start the step
     for i, at in enumerate(times):
         pending, candidates, earliest = state(at)
-        if candidates == 0 or join.satisfied(pending, candidates):
-            return at
+        if candidates == 0 or join.satisfied(pending, candidates) or waited_out:
+            if takes(at):
+                return at
+            continue
         if join.max_wait_s is not None and earliest is not None:
             due = max(ready, earliest) + join.max_wait_s
             if due <= (times[i + 1] if i + 1 < len(times) else math.inf):
-                return due
+                if takes(due):
+                    return due
+                waited_out = True
     raise InvariantError("exactness", f"node {node}", "the timing model says it waits forever "
                          f"for its inputs (join {join.describe()})")
 
 
 def _llm(graph: FrozenGraph, node: LLMNode, arrivals: dict[str, list[_Arrival]],
-         timing: SimTiming, query: str) -> _Line:
+         timing: SimTiming, query: str, rates: Rates) -> _Line:
     # the answer the model wants to write, as far as max_tokens lets it go
     words = sim_tokens(timing.seed, node.name, timing.output_tokens, 0, node.max_tokens)
+    layout = Layout(node.prompt, node.system, query, node.context, graph.input)
+    all_ended = max(arr[-1].t for arr in arrivals.values())
     line = _Line()
     used = dict.fromkeys(arrivals, 0)
-    history: list[StepText] = []
+    history: list[StepText] = []  # steps that wrote something
+    carry: dict[str, str] = {}  # input of a step cut before it wrote anything
     ready, k = 0.0, 0
+
+    def upto(at: float) -> tuple[dict[str, str], dict[str, str], frozenset[str]]:
+        texts, pending, ended = {}, dict(carry), set()
+        for src, arr in arrivals.items():
+            got = [a for a in arr if a.t <= at]
+            texts[src] = "".join(a.text for a in got)
+            new = "".join(a.text for a in got[used[src]:])
+            if new or len(got) > used[src]:
+                pending[src] = pending.get(src, "") + new
+            if got and got[-1].last:
+                ended.add(src)
+        return texts, pending, frozenset(ended)
+
+    def takes(at: float) -> bool:  # the same policy as the runtime's, written on its state
+        texts, pending, ended = upto(at)
+        if len(ended) == len(arrivals):
+            return True
+        skipped, taken = overheads(rates, layout, texts=texts, pending=pending, ended=ended,
+                                   history=history, output=line.text)
+        budget = min(node.max_tokens - len(line.tokens), node.step_budget(k))
+        return early_step_pays(rates, written=len(line.tokens), budget=budget,
+                               skipped=skipped, taken=taken)
+
     while len(line.tokens) < node.max_tokens:
-        start = _step_start(node.name, arrivals, used, ready, node.join)
-        new = {}
+        start = _step_start(node.name, arrivals, used, ready, node.join, takes)
+        new = dict(carry)
         for src, arr in arrivals.items():
             take = [a for a in arr[used[src]:] if a.t <= start]
             if take:
-                new[src] = "".join(a.text for a in take)
+                new[src] = new.get(src, "") + "".join(a.text for a in take)
             used[src] += len(take)
         final = all(any(a.last for a in arr[: used[s]]) for s, arr in arrivals.items())
         inputs = [InputText(s, "".join(a.text for a in arr[: used[s]]),
                             any(a.last for a in arr[: used[s]]), s == graph.input)
                   for s, arr in arrivals.items()]
-        history.append(StepText(tuple(new.items()), ""))
         so_far = line.text
         messages, prefix = build_messages(node.prompt, node.system, query, inputs, so_far,
-                                          node.context, history)
+                                          node.context, [*history, StepText(tuple(new.items()),
+                                                                            "")])
         prompt = count_tokens(messages, prefix)
         pos = len(line.tokens)
         left = node.max_tokens - pos
         budget = left if final else min(left, node.step_budget(k))
         n = min(budget, max(0, timing.output_tokens - pos))
         first = start + timing.latency_s + prompt / timing.prefill_tps
-        line.tokens += [(first + i / timing.decode_tps, words[pos + i]) for i in range(n)]
-        ready = first + (n - 1) / timing.decode_tps if n else first
+        times = [first + i / timing.decode_tps for i in range(n)]
+        end = times[-1] if n else first
+        # every input ends while the step is in flight: it is cut and the final step starts
+        # then, unless it is writing already and finishing it is no later (keep_writing)
+        cut = not final and end > all_ended
+        if cut:
+            done = [t for t in times if t <= all_ended]
+            if not done or not keep_writing(rates, left=budget - len(done),
+                                            since_last=all_ended - done[-1]):
+                times, end = done, all_ended
+            else:
+                cut = False
+        line.tokens += [(t, words[pos + i]) for i, t in enumerate(times)]
+        ready = end
         line.steps.append(start)
         line.prompt_tokens.append(prompt)
-        history[-1] = StepText(history[-1].new, line.text[len(so_far):])
+        wrote = line.text[len(so_far):]
+        if wrote:
+            history.append(StepText(tuple(new.items()), wrote))
+            carry = {}
+        else:
+            carry = new
         k += 1
-        if pos + n >= timing.output_tokens or final:
+        if final or (not cut and pos + n >= timing.output_tokens):
             break
     line.end = ready
     return line
@@ -176,7 +227,8 @@ def _lines(graph: FrozenGraph, query: str, sim: SimBackend) -> dict[str, _Line]:
             arr = next(iter(arrivals.values()))
             lines[name] = _Line([(a.t, a.text) for a in arr if a.text], arr[-1].t)
         elif isinstance(node, LLMNode):
-            lines[name] = _llm(graph, node, arrivals, sim.timing_for(name), query)
+            lines[name] = _llm(graph, node, arrivals, sim.timing_for(name), query,
+                               sim.rates(name))
     # a node still running when its last consumer finishes is cancelled then; that changes
     # nothing its consumers saw, so it is worked out afterwards, from the output back
     for name in reversed(graph.order):

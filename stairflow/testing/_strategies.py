@@ -53,13 +53,23 @@ def dyadic_timings(*, empty_answers: bool = False) -> st.SearchStrategy[dict[str
     })
 
 
-def _join(n_inputs: int, with_wait: bool) -> st.SearchStrategy[Any]:
+JOIN_KINDS = ("all", "any", "quorum")
+
+
+def _join(n_inputs: int, with_wait: bool, kinds: Sequence[str]) -> st.SearchStrategy[Any]:
     waits = st.one_of(st.none(), st.sampled_from([0.25, 0.5, 2.0])) if with_wait else st.none()
-    base = st.sampled_from(["all", "any"]).flatmap(
-        lambda p: waits.map(lambda w: p if w is None else {"policy": p, "max_wait_s": w}))
-    quorum = st.integers(1, n_inputs).flatmap(
-        lambda k: waits.map(lambda w: {"quorum": k} | ({} if w is None else {"max_wait_s": w})))
-    return st.one_of(base, quorum)
+    options = []
+    simple = [k for k in ("all", "any") if k in kinds]
+    if simple:
+        options.append(st.sampled_from(simple).flatmap(
+            lambda p: waits.map(lambda w: p if w is None else {"policy": p, "max_wait_s": w})))
+    if "quorum" in kinds:
+        options.append(st.integers(1, n_inputs).flatmap(
+            lambda k: waits.map(lambda w: {"quorum": k} | ({} if w is None else
+                                                            {"max_wait_s": w}))))
+    if not options:
+        raise ValueError(f"joins={tuple(kinds)!r}: use some of {', '.join(JOIN_KINDS)}")
+    return st.one_of(options)
 
 
 @dataclass(frozen=True, repr=False)
@@ -119,10 +129,12 @@ def graphs(
     fn: Any = passthrough,
     max_wait: bool = True,
     empty_answers: bool = False,
+    joins: Sequence[str] = JOIN_KINDS,
 ) -> FrozenGraph:
     """A random DAG: an input, layers of nodes each reading the previous layer (and maybe
     earlier ones), one last node feeding the output. Every node leads to the output.
-    ``fn_nodes=True`` mixes in fn nodes running ``fn``; see the module docs for
+    ``fn_nodes=True`` mixes in fn nodes running ``fn``; ``joins`` picks the join kinds drawn
+    and ``max_wait=False`` leaves out straggler timeouts; see the module docs for
     ``empty_answers``."""
     g = Graph("random", sim={"latency_s": 0.125})
     g.input("q")
@@ -137,7 +149,7 @@ def graphs(
             srcs = {draw(st.sampled_from(layers[-1]))}
             srcs |= set(draw(st.lists(st.sampled_from(earlier), max_size=2)))
             is_fn = fn_nodes and li > 0 and draw(st.booleans())
-            join = draw(_join(len(srcs), max_wait))
+            join = draw(_join(len(srcs), max_wait, joins))
             if is_fn:
                 g.fn(name, fn, join=join)
             else:
