@@ -8,8 +8,11 @@ context closes the request, also on cancellation.
 
 Everything else is optional, with defaults (see `describe_backend`): ``name`` (shown to users;
 default: the class name), ``simulated`` (True when text and timings are made up; default
-False), ``secret_values()`` (strings to keep out of every message and trace; default none)
-and ``async aclose()`` (called when a run that built the backend is done with it).
+False), ``secret_values()`` (strings to keep out of every message and trace; default none),
+``async aclose()`` (called when a run that built the backend is done with it), ``async
+warm_up(nodes)`` (called with the run's ``(node, model)`` pairs before the run starts: open
+connections, check models) and ``rates(node)`` (the node's prefill and decode rates as a
+`Rates`, for the no-regret step policy in `stairflow._core.policy`; None if unknown).
 """
 
 from __future__ import annotations

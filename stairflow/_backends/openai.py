@@ -35,8 +35,8 @@ import json
 import math
 import os
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 
@@ -73,6 +73,7 @@ LENGTH_REASONS = frozenset({"length", "max_tokens"})
 RETRY_STATUS = frozenset({408, 409, 429})  # and every 5xx
 BACKOFF_S = 0.5  # first wait before a retry; doubles, up to MAX_BACKOFF_S
 MAX_BACKOFF_S = 8.0
+WARM_UP_S = 5.0  # the most `warm_up` delays a run's start
 MAX_RETRY_AFTER_S = 60.0  # a server's Retry-After is honoured up to this (and the deadline)
 
 BODY_CHARS = 200  # of an error text the server sent, shown in a message
@@ -318,6 +319,10 @@ class _Stream:
             await aclose()
 
 
+def _client_key(ep: Endpoint) -> tuple[str, str | None, float]:
+    return (ep.base_url, ep.api_key_env, ep.wait_s())
+
+
 class OpenAIBackend:
     """Streams from OpenAI-compatible endpoints; nodes may use different endpoints."""
 
@@ -330,6 +335,7 @@ class OpenAIBackend:
         self._clients: dict[tuple[str, str | None, float], openai.AsyncOpenAI] = {}
         self._keys: set[str] = set()  # every key a client was made with
         self._models: dict[str, set[str] | None] = {}  # per base URL; None: cannot list
+        self._listing: dict[str, trio.Event] = {}  # base URLs whose listing is in flight
         self.active = 0
 
     def secret_values(self) -> tuple[str, ...]:
@@ -356,20 +362,47 @@ class OpenAIBackend:
         ep = self.nodes.get(node, self.default)
         return replace(ep, model=model) if model and node not in self.nodes else ep
 
+    async def warm_up(self, nodes: Iterable[tuple[str, str | None]]) -> None:
+        """Before a run: make the HTTP clients its nodes (``(name, model)`` pairs) will use,
+        off the event loop (making one takes tens of milliseconds: an SSL context), and list
+        each endpoint's models, so that the run's first requests all leave at once. Best
+        effort, bounded to WARM_UP_S: whatever fails here fails again, with the node's name,
+        on its first request."""
+        eps = {_client_key(ep): ep for ep in (self.endpoint_for(n, m) for n, m in nodes)}
+        with trio.move_on_after(WARM_UP_S):
+            for key, ep in eps.items():
+                if key not in self._clients:
+                    try:
+                        client = await trio.to_thread.run_sync(self._new_client, ep)
+                    except ConfigError:
+                        continue
+                    self._clients.setdefault(key, client)
+            async with trio.open_nursery() as nursery:
+                for ep in {ep.base_url: ep for ep in eps.values()}.values():
+                    nursery.start_soon(self._warm_models, ep)
+
+    async def _warm_models(self, ep: Endpoint) -> None:
+        call = _Call("", ep, trio.current_time() + ep.timeout_s, self.secret_values())
+        with suppress(openai.OpenAIError, BackendError, ConfigError):
+            await self._list_models(self._client(ep), call)
+
+    def _new_client(self, ep: Endpoint) -> openai.AsyncOpenAI:
+        api_key = os.environ.get(ep.api_key_env, "") if ep.api_key_env else ""
+        if ep.api_key_env and not api_key:
+            raise ConfigError(f"environment variable {ep.api_key_env} (the API key for "
+                              f"{ep.base_url}) is not set")
+        # one float bounds connect, write, pool and each read; retries are ours (_send)
+        return openai.AsyncOpenAI(base_url=ep.base_url, api_key=api_key or "not-needed",
+                                  timeout=ep.wait_s(), max_retries=0)
+
     def _client(self, ep: Endpoint) -> openai.AsyncOpenAI:
-        key = (ep.base_url, ep.api_key_env, ep.wait_s())
+        key = _client_key(ep)
         if key not in self._clients:
-            api_key = os.environ.get(ep.api_key_env, "") if ep.api_key_env else ""
-            if ep.api_key_env and not api_key:
-                raise ConfigError(f"environment variable {ep.api_key_env} (the API key for "
-                                  f"{ep.base_url}) is not set")
-            if api_key:
-                self._keys.add(api_key)
-            # one float bounds connect, write, pool and each read; retries are ours (_send)
-            self._clients[key] = openai.AsyncOpenAI(
-                base_url=ep.base_url, api_key=api_key or "not-needed",
-                timeout=ep.wait_s(), max_retries=0)
-        return self._clients[key]
+            self._clients[key] = self._new_client(ep)
+        client = self._clients[key]
+        if client.api_key != "not-needed":
+            self._keys.add(client.api_key)
+        return client
 
     @asynccontextmanager
     async def open_stream(self, request: Request) -> AsyncIterator[_Stream]:
@@ -455,17 +488,30 @@ class OpenAIBackend:
         delay = asked if asked is not None else backoff
         return delay if trio.current_time() + delay < call.deadline else None
 
+    async def _list_models(self, client: openai.AsyncOpenAI, call: _Call) -> None:
+        """The endpoint's models, once per base URL (requests that need them meanwhile wait
+        for the one listing in flight)."""
+        url = call.ep.base_url
+        while url not in self._models:
+            listing = self._listing.get(url)
+            if listing is not None:
+                await listing.wait()
+                continue
+            self._listing[url] = trio.Event()
+            try:
+                listed = await self._send(call, lambda: client.models.list())
+                self._models[url] = {str(m.id) for m in listed.data} or None
+            except (openai.APIStatusError, AttributeError, TypeError, ValueError):
+                self._models[url] = None  # the server cannot list models: skip
+            except openai.OpenAIError as exc:
+                raise call.error(exc, "while listing models") from None
+            finally:
+                self._listing.pop(url).set()
+
     async def _check_model(self, client: openai.AsyncOpenAI, call: _Call) -> None:
         """Fail early, and clearly, on a model the endpoint does not serve."""
         ep = call.ep
-        if ep.base_url not in self._models:
-            try:
-                listed = await self._send(call, lambda: client.models.list())
-                self._models[ep.base_url] = {str(m.id) for m in listed.data} or None
-            except (openai.APIStatusError, AttributeError, TypeError, ValueError):
-                self._models[ep.base_url] = None  # the server cannot list models: skip
-            except openai.OpenAIError as exc:
-                raise call.error(exc, "while listing models") from None
+        await self._list_models(client, call)
         known = self._models[ep.base_url]
         if known is not None and ep.model not in known:
             shown = ", ".join(sorted(known)[:5]) + (" ..." if len(known) > 5 else "")

@@ -30,6 +30,7 @@ from .._errors import ConfigError, GraphError
 from .._prompts import Message
 from .._settings import parse_sim
 from .base import Request, Usage
+from .timer import wait_until
 
 if TYPE_CHECKING:
     from .._graph import FrozenGraph
@@ -164,10 +165,10 @@ class _SimStream:
     async def __anext__(self) -> str:
         if self._k >= self._n:
             if self._n == 0:
-                await trio.sleep_until(self._first)
+                await wait_until(self._first)
             self.finish_reason = self._finish
             raise StopAsyncIteration
-        await trio.sleep_until(self._first + self._k / self._decode)
+        await wait_until(self._first + self._k / self._decode)
         word = _token(self._seed, self._node, self._total, self._position + self._k)
         self._k += 1
         self.usage.completion_tokens = self._k

@@ -288,6 +288,9 @@ async def open_run(
         raise ConfigError("a run in virtual time (MockClock) needs the simulated backend: pass "
                           "backend='sim' or a SimBackend")
     async with open_backend(frozen, backend, **options) as chosen:
+        warm_up = getattr(chosen, "warm_up", None)  # optional: see _backends/base.py
+        if callable(warm_up):
+            await warm_up([(n.name, n.model) for n in frozen.llm_nodes()])
         the_run = Run(frozen, query, chosen)
         try:
             async with trio.open_nursery() as nursery:
