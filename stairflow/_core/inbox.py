@@ -60,6 +60,7 @@ class Inbox:
 
     def __post_init__(self) -> None:
         self._ports = {name: _Port(name) for name in self.inputs}
+        self._ended = 0  # inputs whose last chunk has arrived
 
     def put(self, name: str, text: str, last: bool, now: float) -> None:
         port = self._ports[name]
@@ -70,10 +71,12 @@ class Inbox:
         port.since = now if port.since is None else port.since
         if last:
             port.ended = port.ended_pending = True
+            self._ended += 1
 
     def drop(self, name: str, now: float) -> None:
         """Input ``name`` failed and is dropped: forget its text, let the node go on."""
         port = self._ports[name]
+        self._ended += not port.ended
         port.dropped = port.ended = port.ended_pending = True
         port.received = port.pending = ""
         port.since = now if port.since is None else port.since
@@ -113,7 +116,7 @@ class Inbox:
     @property
     def all_ended(self) -> bool:
         """Every input's last chunk has arrived (the next step is the final one)."""
-        return all(p.ended for p in self._ports.values())
+        return self._ended == len(self._ports)
 
     def peek(self) -> Step:
         """The step `consume` would take now, without taking it."""

@@ -15,8 +15,7 @@ naming the trigger and the edge.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import trio
@@ -65,34 +64,41 @@ class Emitter:
         )
         out.sent += 1
 
-    @contextmanager
-    def _blame(self, out: _Out) -> Iterator[None]:
-        try:
-            yield
-        except GraphError as exc:  # the trigger broke its contract: the user's bug, not ours
-            edge = out.edge
-            raise NodeError(self.node, f"edge {edge.src} -> {edge.dst}: {exc}") from exc
+    def _blame(self, out: _Out, exc: GraphError) -> NodeError:
+        # the trigger broke its contract: the user's bug, not ours
+        edge = out.edge
+        return NodeError(self.node, f"edge {edge.src} -> {edge.dst}: {exc}")
 
     async def emit(self, token: str) -> None:
         now = trio.current_time()
         self.text += token
         self.tokens += 1
-        async with self._lock:
-            for out in self.outs:
-                with self._blame(out):
-                    pieces = out.cutter.feed(token, now)
-                for piece in pieces:
-                    await self._send(out, piece)
         if self.timed:
+            async with self._lock:
+                await self._feed(token, now)
             self._wake.set()
+        else:  # nothing else writes to these edges: no lock, but a turn for the others
+            await self._feed(token, now)
+            await trio.lowlevel.checkpoint()
+
+    async def _feed(self, token: str, now: float) -> None:
+        for out in self.outs:
+            try:
+                pieces = out.cutter.feed(token, now)
+            except GraphError as exc:
+                raise self._blame(out, exc) from exc
+            for piece in pieces:
+                await self._send(out, piece)
 
     async def close(self) -> None:
         """End of stream: every edge gets its last chunk."""
         async with self._lock:
             for out in self.outs:
                 if not out.cutter.closed:
-                    with self._blame(out):
+                    try:
                         piece = out.cutter.close()
+                    except GraphError as exc:
+                        raise self._blame(out, exc) from exc
                     await self._send(out, piece)
         self._wake.set()
 
@@ -116,7 +122,9 @@ class Emitter:
                 now = trio.current_time()
                 for out in self.outs:
                     if not out.cutter.closed:
-                        with self._blame(out):
+                        try:
                             pieces = out.cutter.poll(now)
+                        except GraphError as exc:
+                            raise self._blame(out, exc) from exc
                         for piece in pieces:
                             await self._send(out, piece)

@@ -35,13 +35,13 @@ class LiveInbox:
         self.discarding = False  # the node has finished; arrivals are dropped
         self._virtual = virtual
         self._clock = clock
-        self._changed = trio.Event()  # arrivals, for the node
+        self._changed = trio.lowlevel.ParkingLot()  # arrivals, for the node
         self.ended = trio.Event()  # every input has ended
         self._space = trio.lowlevel.ParkingLot()  # consumption, for blocked producers
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        if self._changed:
+            self._changed.unpark_all()
         if self.core.all_ended:
             self.ended.set()
 
@@ -66,25 +66,28 @@ class LiveInbox:
         With ``pays``, a step before every input has ended is taken only if ``pays`` says so
         about it (see `stairflow._core.policy`); otherwise the node waits for more input."""
         self.waiting = True
-        self._space.unpark_all()
+        if self._space:
+            self._space.unpark_all()
         try:
             ready_since = self._clock()
             while True:
                 while not self.core.ready():
-                    changed = self._changed
                     deadline = self.core.wait_deadline(ready_since)
-                    if deadline is not None and self._clock() >= deadline:
+                    if deadline is None:
+                        await self._changed.park()
+                        continue
+                    if self._clock() >= deadline:
                         break
-                    with trio.move_on_at(deadline if deadline is not None else float("inf")):
-                        await changed.wait()
+                    with trio.move_on_at(deadline):
+                        await self._changed.park()
                 await settle(self._virtual)
-                changed = self._changed
                 if pays is None or self.core.all_ended or pays(self.core.peek()):
                     return self.core.consume()
-                await changed.wait()
+                await self._changed.park()
         finally:
             self.waiting = False
-            self._space.unpark_all()
+            if self._space:
+                self._space.unpark_all()
 
     def finish(self) -> None:
         """The node is done: drop whatever else arrives and release blocked producers."""

@@ -84,7 +84,7 @@ class Run:
         self.cancelled = False
         self._scope = trio.CancelScope()
         self._nodes_scope = trio.CancelScope()
-        self._new_event = trio.Event()
+        self._new_event = trio.lowlevel.ParkingLot()  # event iterators waiting
         self.trace.listeners.append(self._on_event)
 
     def rates_for(self, node: str) -> Rates | None:
@@ -110,8 +110,8 @@ class Run:
         return Report.from_trace(self.trace)
 
     def _on_event(self, event: Event) -> None:
-        self._new_event.set()
-        self._new_event = trio.Event()
+        if self._new_event:
+            self._new_event.unpark_all()
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return _Events(self)
@@ -239,7 +239,7 @@ class _Events:
         if self._i and events[self._i - 1].kind in _END_KINDS:
             raise StopAsyncIteration
         while self._i >= len(events):
-            await self._run._new_event.wait()
+            await self._run._new_event.park()
         self._i += 1
         return events[self._i - 1]
 
