@@ -1,13 +1,22 @@
-"""Scheduler overhead: tokens through a chain of pass-through fn nodes, against a bare Trio
-memory-channel pipeline doing the same hops; and the scale of graphs and concurrent runs.
+"""Scheduler overhead: what stairflow itself costs, without a model.
 
-Real time (wall clock), no model: this measures stairflow itself.
+    python benchmarks/overhead.py [--runs 1000] [--real-runs 200]
 
-    python benchmarks/overhead.py
+1. Hops: tokens through a chain of pass-through fn nodes against a bare Trio memory-channel
+   pipeline doing the same hops (wall clock): one token per chunk, and chunks of 32 tokens
+   through 10 nodes (tokens per second).
+2. Concurrent runs: ``--runs`` simulated `moa` runs in one process, in virtual time (wall
+   time and time per run), and ``--real-runs`` of them in real time against the simulated
+   backend (TTFT p50/p99 against the one-run TTFT, memory per run).
+
+Graph scale (10 to 10,000 nodes) is `benchmarks/scale.py`. Everything here is simulated.
 """
 
 from __future__ import annotations
 
+import argparse
+import resource
+import statistics
 import time
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -18,13 +27,14 @@ import trio.testing
 import stairflow as sf
 
 TOKENS = 5000
-DEPTH = 8
 
 
-async def source(inputs: sf.Inputs) -> AsyncIterator[str]:
-    await inputs.collect()
-    for i in range(TOKENS):
-        yield f" t{i}"
+def source(tokens: int) -> object:
+    async def src(inputs: sf.Inputs) -> AsyncIterator[str]:
+        await inputs.collect()
+        for i in range(tokens):
+            yield f" t{i}"
+    return src
 
 
 async def passthrough(inputs: sf.Inputs) -> AsyncIterator[str]:
@@ -34,21 +44,23 @@ async def passthrough(inputs: sf.Inputs) -> AsyncIterator[str]:
                 yield text
 
 
-def chain(depth: int) -> sf.Graph:
+def chain(depth: int, tokens: int = TOKENS, chunk: int = 1) -> sf.Graph:
+    """A source of ``tokens`` one-token pieces, then ``depth`` pass-through nodes; the first
+    edge cuts ``chunk``-token chunks, which the later ones pass on whole."""
     g = sf.Graph("hops")
     g.input("q")
-    g.fn("src", source)
+    g.fn("src", source(tokens))  # type: ignore[arg-type]
     g.connect("q", "src")
     prev = "src"
     for i in range(depth):
         g.fn(f"h{i}", passthrough)
-        g.connect(prev, f"h{i}", sf.tokens(1))
+        g.connect(prev, f"h{i}", sf.tokens(chunk if i == 0 else 1))
         prev = f"h{i}"
     g.connect(prev, g.output("out"), sf.tokens(1))
     return g
 
 
-async def bare_pipeline(depth: int) -> None:
+async def bare_pipeline(depth: int, tokens: int = TOKENS) -> None:
     async def hop(recv: trio.MemoryReceiveChannel[str], send: trio.MemorySendChannel[str]) -> None:
         async with recv, send:
             async for item in recv:
@@ -67,7 +79,7 @@ async def bare_pipeline(depth: int) -> None:
             recv = nxt
         nursery.start_soon(drain, recv)
         async with first_send:
-            for i in range(TOKENS):
+            for i in range(tokens):
                 await first_send.send(f" t{i}")
 
 
@@ -77,58 +89,61 @@ def timed(fn: object) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    g = chain(DEPTH).build()
-    sf_s = timed(lambda: sf.run(g, "go"))
-    bare_s = timed(lambda: trio.run(bare_pipeline, DEPTH))
-    hops = TOKENS * (DEPTH + 1)
-    print(f"{TOKENS} tokens through {DEPTH} pass-through nodes ({hops} hops):")
-    print(f"  stairflow  {sf_s:6.3f} s  {hops / sf_s:9.0f} hops/s  {sf_s / hops * 1e6:6.1f} us/hop")
-    print(f"  bare trio  {bare_s:6.3f} s  {hops / bare_s:9.0f} hops/s  {bare_s / hops * 1e6:6.1f} us/hop")
-    print(f"  ratio      {sf_s / bare_s:6.1f}x")
+def hops() -> None:
+    depth = 8
+    g = chain(depth).build()
+    runs = []
+    for _ in range(3):
+        start = time.perf_counter()
+        report = sf.run(g, "go")
+        runs.append((time.perf_counter() - start, len(report.trace.of("chunk"))))
+    sf_s, chunks = min(runs)
+    bare_s = min(timed(lambda: trio.run(bare_pipeline, depth)) for _ in range(3))
+    n = TOKENS * (depth + 1)
+    print(f"{TOKENS} tokens, one per chunk, through {depth} pass-through nodes, best of 3:")
+    print(f"  bare trio  {bare_s:6.3f} s  {n} hops       {bare_s / n * 1e6:6.1f} us per hop")
+    print(f"  stairflow  {sf_s:6.3f} s  {chunks} chunk hops {sf_s / chunks * 1e6:6.1f} us per chunk "
+          f"hop ({sf_s / chunks / (bare_s / n):.1f}x); a busy node takes what has arrived in one "
+          "step, so fewer hops carry the same tokens")
+    tokens = 32 * 2000
+    for chunk in (32, 1):
+        g = chain(10, tokens, chunk).build()
+        s = min(timed(lambda g=g: sf.run(g, "go")) for _ in range(2))
+        print(f"{tokens} tokens through 10 pass-through nodes in {chunk}-token chunks: "
+              f"{s:.2f} s, {tokens / s:,.0f} tokens/s")
 
-    # scale: a wide, deep graph of simulated llm nodes in virtual time
-    big = sf.Graph("big", sim={"output_tokens": 20, "decode_tps": 50})
-    big.input("q")
-    prev = ["q"]
-    width, layers = 50, 20
-    for li in range(layers):
-        layer = [f"n{li}_{j}" for j in range(width if li < layers - 1 else 1)]
-        for j, name in enumerate(layer):
-            big.llm(name, steps=[8])
-            last = li == layers - 1
-            srcs = prev if last else {prev[j % len(prev)], prev[(j + 1) % len(prev)]}
-            for src in srcs:
-                big.connect(src, name, sf.tokens(4))
-        prev = layer
-    big.connect(prev[0], big.output("out"))
-    bg = big.build()
-    start = time.perf_counter()
-    r = sf.run(bg, "go", virtual_clock=True)
-    print(f"\n[simulated] {len(bg.nodes)} nodes, {len(bg.edges)} edges in virtual time: "
-          f"{time.perf_counter() - start:.2f} s wall, {r.llm_calls} LLM calls, "
-          f"{r.total_s:.1f} s of model time")
 
-    # many concurrent runs in one process, and memory per run
+async def _moa_run(graph: sf.FrozenGraph, ttfts: list[float]) -> None:
+    async with sf.open_run(graph, None, backend="sim") as run:
+        pass
+    ttfts.append(run.report().ttft_s or float("nan"))
+
+
+async def _many(graph: sf.FrozenGraph, runs: int, ttfts: list[float]) -> None:
+    async with trio.open_nursery() as nursery:
+        for _ in range(runs):
+            nursery.start_soon(_moa_run, graph, ttfts)
+
+
+def concurrent(runs: int, real_runs: int) -> None:
     moa = sf.resolve_graph("moa")
-    runs = 50
-
-    async def many() -> None:
-        async with trio.open_nursery() as nursery:
-            for _ in range(runs):
-                nursery.start_soon(one)
-
-    async def one() -> None:
-        async with sf.open_run(moa, None, backend="sim"):
-            pass
-
+    ttfts: list[float] = []
     start = time.perf_counter()
-    trio.run(many, clock=trio.testing.MockClock(autojump_threshold=0))
+    trio.run(_many, moa, runs, ttfts, clock=trio.testing.MockClock(autojump_threshold=0))
     wall = time.perf_counter() - start
-    tokens = runs * sum(sf.SimBackend.for_graph(moa).timing_for(n.name).output_tokens
-                        for n in moa.llm_nodes())
-    print(f"[simulated] {runs} concurrent moa runs in virtual time: {wall:.2f} s wall, "
-          f"{wall / tokens * 1e6:.0f} us per generated token")
+    print(f"\n[simulated] {runs} concurrent moa runs in one process, virtual time: {wall:.1f} s "
+          f"wall, {wall / runs * 1000:.0f} ms per run (TTFT {statistics.median(ttfts):.3f} s each)")
+    one = sf.run(moa, None, virtual_clock=True).ttft_s or 0.0
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    ttfts = []
+    start = time.perf_counter()
+    trio.run(_many, moa, real_runs, ttfts)
+    wall = time.perf_counter() - start
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    q = statistics.quantiles(ttfts, n=100)
+    print(f"[simulated] {real_runs} concurrent moa runs in real time: {wall:.1f} s wall; TTFT "
+          f"p50 {q[49]:.3f} s, p99 {q[98]:.3f} s (one run alone: {one:.3f} s); peak RSS grew "
+          f"{(rss - rss0) / real_runs:.0f} KiB per run")
     tracemalloc.start()
     sf.run(moa, None, virtual_clock=True)
     _, peak = tracemalloc.get_traced_memory()
@@ -137,4 +152,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=1000, help="concurrent runs in virtual time")
+    ap.add_argument("--real-runs", type=int, default=200, help="concurrent runs in real time")
+    args = ap.parse_args()
+    hops()
+    concurrent(args.runs, args.real_runs)

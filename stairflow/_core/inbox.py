@@ -12,7 +12,7 @@ with the others.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -36,10 +36,34 @@ class Step:
     query: str = ""  # the user's message
 
 
+class _Texts(Mapping[str, str]):
+    """Each input's text as of one step, joined only when asked for: a node that reads only
+    what is new (a pass-through fn node) never pays for the whole stream at every step."""
+
+    def __init__(self, parts: dict[str, tuple[list[str], int, str]]) -> None:
+        self._parts = parts  # name -> (received pieces, how many count, pending text)
+        self._joined: dict[str, str] = {}
+
+    def __getitem__(self, name: str) -> str:
+        if name not in self._joined:
+            pieces, n, pending = self._parts[name]
+            self._joined[name] = "".join(pieces[:n]) + pending
+        return self._joined[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parts)
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
 @dataclass
 class _Port:
     name: str
-    received: str = ""  # consumed by earlier steps
+    received: list[str] = field(default_factory=list)  # consumed by earlier steps, in pieces
     pending: str = ""
     pending_chunks: int = 0
     ended: bool = False  # last chunk arrived (or dropped)
@@ -78,7 +102,7 @@ class Inbox:
         port = self._ports[name]
         self._ended += not port.ended
         port.dropped = port.ended = port.ended_pending = True
-        port.received = port.pending = ""
+        port.received, port.pending = [], ""  # a new list: earlier steps keep their text
         port.since = now if port.since is None else port.since
 
     def pending_chunks(self, name: str) -> int:
@@ -124,8 +148,8 @@ class Inbox:
         return Step(
             index=self.steps_taken,
             new=MappingProxyType(new),
-            text=MappingProxyType({p.name: p.received + p.pending
-                                   for p in self._ports.values() if not p.dropped}),
+            text=_Texts({p.name: (p.received, len(p.received), p.pending)
+                         for p in self._ports.values() if not p.dropped}),
             chunks=MappingProxyType({p.name: p.pending_chunks for p in self._ports.values()
                                      if self._is_pending(p)}),
             finished=frozenset(p.name for p in self._ports.values() if p.ended),
@@ -137,7 +161,8 @@ class Inbox:
     def consume(self) -> Step:
         step = self.peek()
         for p in self._ports.values():
-            p.received += p.pending
+            if p.pending:
+                p.received.append(p.pending)
             p.pending, p.pending_chunks, p.ended_pending, p.since = "", 0, False, None
         self.steps_taken += 1
         return step

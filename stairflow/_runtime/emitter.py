@@ -29,6 +29,11 @@ from .inbox import LiveInbox
 
 __all__ = ["Emitter"]
 
+# A node whose source does not wait between tokens (user code, a buffered stream) lets the
+# scheduler run others after this many tokens: a scheduler pass per token cost more than the
+# rest of a chunk hop, and a few tokens of delay is far below any model's pace.
+YIELD_EVERY = 8
+
 
 @dataclass
 class _Out:
@@ -46,11 +51,23 @@ class Emitter:
         self.virtual = virtual
         self.trace = trace
         self.outs = [_Out(edge, Cutter(edge.trigger), sink) for edge, sink in outs]
-        self.text = ""
+        self._parts: list[str] = []  # the tokens so far (joined on demand: `text`)
+        self._text = ""  # the first _joined of them, joined
+        self._joined = 0
         self.tokens = 0
+        self._unyielded = 0  # tokens emitted since the last checkpoint
         self._lock = trio.StrictFIFOLock()
         self._wake = trio.Event()
         self.timed = any(type(o.edge.trigger).deadline is not Trigger.deadline for o in self.outs)
+
+    @property
+    def text(self) -> str:
+        """Everything written so far (a string grown token by token would be copied whole
+        at every token)."""
+        if self._joined < len(self._parts):
+            self._text += "".join(self._parts[self._joined:])
+            self._joined = len(self._parts)
+        return self._text
 
     async def _send(self, out: _Out, piece: Piece) -> None:
         await out.sink.put(out.edge.src, piece)
@@ -71,15 +88,18 @@ class Emitter:
 
     async def emit(self, token: str) -> None:
         now = trio.current_time()
-        self.text += token
+        self._parts.append(token)
         self.tokens += 1
         if self.timed:
             async with self._lock:
                 await self._feed(token, now)
             self._wake.set()
-        else:  # nothing else writes to these edges: no lock, but a turn for the others
+        else:  # nothing else writes to these edges: no lock; a turn for the others now and then
             await self._feed(token, now)
-            await trio.lowlevel.checkpoint()
+            self._unyielded += 1
+            if self._unyielded >= YIELD_EVERY:
+                self._unyielded = 0
+                await trio.lowlevel.checkpoint()
 
     async def _feed(self, token: str, now: float) -> None:
         for out in self.outs:
