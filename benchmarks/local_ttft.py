@@ -61,6 +61,8 @@ def decompose(report: sf.Report) -> dict[str, float]:
         "total": report.total_s,
         "agg_prompt": next((e.data["prompt_tokens"] for e in tr.of("request_end", "agg")),
                            float("nan")),
+        "prompt_tokens": report.prompt_tokens, "cached_tokens": report.cached_tokens,
+        "llm_calls": report.llm_calls,
     }
 
 
@@ -119,6 +121,11 @@ async def measure(continuation: str, proposal_tokens: int, runs: int, context: s
         s, h = med[("stairflow", mode)]["ttft"], med[("hand-written", mode)]["ttft"]
         print(f"{mode:9}: stairflow TTFT {s:.3f} s vs hand-written {h:.3f} s "
               f"({s / h - 1:+.1%})")
+    for mode in ("staircase", "normal"):
+        rows = results[("stairflow", mode)]
+        print(f"stairflow {mode:9}: " + ", ".join(
+            f"{statistics.median(r[k] for r in rows):.0f} {k.replace('_', ' ')}"
+            for k in ("llm_calls", "prompt_tokens", "cached_tokens")))
     s, n = med[("stairflow", "staircase")]["ttft"], med[("stairflow", "normal")]["ttft"]
     print(f"stairflow staircase vs normal: TTFT {s:.2f} s vs {n:.2f} s ({1 - s / n:.0%} lower)")
 
