@@ -395,3 +395,54 @@ def test_server_text_in_a_message_is_one_printable_line():
     with fake_openai(lambda ex: ex.reply(500, "bad\n\nthing\x1b[31m happened\r\n")) as fake:
         out = ask(backend(fake.base_url))
     assert out.error == where(fake) + "HTTP 500 bad thing [31m happened"
+
+
+# -- before a run: clients made and models listed once -----------------------------------------
+
+def moa_on() -> sf.Graph:
+    g = sf.Graph("three")
+    g.input("q")
+    for p in ("p1", "p2", "p3"):
+        g.llm(p, max_tokens=4)
+    g.connect("q", ["p1", "p2", "p3"])
+    g.llm("agg", max_tokens=4)
+    g.connect(["p1", "p2", "p3"], "agg", sf.tokens(1))
+    g.connect("agg", g.output("out"))
+    return g
+
+
+def test_warm_up_lists_the_models_once_before_any_request():
+    with fake_openai(stream(" a", " b")) as fake:
+        b = backend(fake.base_url)
+
+        async def main() -> None:
+            async with b:
+                await b.warm_up([("p1", None), ("p2", None), ("p3", None)])
+                assert [ex.path for ex in fake.seen] == ["/v1/models"]  # and nothing else
+                await b.warm_up([("p1", None)])  # done already: nothing more is sent
+                assert len(fake.seen) == 1
+
+        trio.run(main)
+
+
+def test_a_run_lists_the_models_once_however_many_nodes_start_at_once():
+    # without warm_up and with three proposers sending at once, each used to list them
+    with fake_openai(stream(" a", " b")) as fake:
+        b = backend(fake.base_url)
+        try:
+            report = sf.run(moa_on(), "hi", backend=b)
+        finally:
+            trio.run(b.aclose)  # the caller's backend: the caller closes it
+    assert [ex.path for ex in fake.seen].count("/v1/models") == 1
+    assert report.llm_calls >= 4 and report.output == " a b"
+
+
+def test_warm_up_failing_does_not_stop_the_run_from_naming_the_node():
+    # the model is not served: warm_up keeps quiet, the first request fails naming its node
+    with fake_openai(stream(" a"), serve_models("other")) as fake:
+        b = backend(fake.base_url)
+        with pytest.raises(sf.NodeError) as info:
+            sf.run(moa_on(), "hi", backend=b)
+        trio.run(b.aclose)
+    assert info.value.node in ("p1", "p2", "p3")
+    assert "no such model; it serves other" in str(info.value)
