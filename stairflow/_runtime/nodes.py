@@ -27,7 +27,7 @@ from .inbox import Inputs, LiveInbox
 if TYPE_CHECKING:
     from .run import Run
 
-__all__ = ["run_fn", "run_input", "run_llm", "run_output"]
+__all__ = ["own_error", "run_fn", "run_input", "run_llm", "run_output"]
 
 
 async def run_input(run: Run, name: str) -> None:
@@ -82,39 +82,55 @@ async def run_llm(run: Run, node: LLMNode) -> None:
                                taken=taken)
 
     k = 0
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_preempt_when_inputs_end, run, inbox, flight, rates)
-        while out.tokens < node.max_tokens:
-            step = await inbox.next_step(None if rates is None else pays)
-            if inbox.core.all_dropped:
-                raise NodeError(node.name, "every input failed and was dropped")
-            run.trace.record("step_start", node.name, step=k, consumed=dict(step.chunks),
-                             final=step.final)
-            inputs = [
-                InputText(n, t, n in step.finished, n == query_src) for n, t in step.text.items()
-            ]
-            new = tuple(_joined(carry, step.new).items())
-            messages, prefix = build_messages(
-                node.prompt, node.system, run.query, inputs, out.text, node.context,
-                [*history, StepText(new, "")],
-            )
-            left = node.max_tokens - out.tokens
-            budget = left if step.final else min(left, node.step_budget(k))
-            before, chars_before = out.tokens, len(out.text)
-            request = Request(node.name, tuple(messages), prefix, budget, node.temperature,
-                              node.model, k, before)
-            finish = await _call(run, request, None if step.final else flight)
-            wrote = out.text[chars_before:]
-            if wrote:
-                history.append(StepText(new, wrote))
-                carry = {}
-            else:  # cut before its first token: its input goes into the next step's block
-                carry = dict(new)
-            run.trace.record("step_end", node.name, step=k, tokens=out.tokens - before)
-            k += 1
-            if finish == "stop" or step.final:
-                break
-        nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_preempt_when_inputs_end, run, inbox, flight, rates)
+            while out.tokens < node.max_tokens:
+                step = await inbox.next_step(None if rates is None else pays)
+                if inbox.core.all_dropped:
+                    raise NodeError(node.name, "every input failed and was dropped")
+                run.trace.record("step_start", node.name, step=k, consumed=dict(step.chunks),
+                                 final=step.final)
+                inputs = [InputText(n, t, n in step.finished, n == query_src)
+                          for n, t in step.text.items()]
+                new = tuple(_joined(carry, step.new).items())
+                messages, prefix = build_messages(
+                    node.prompt, node.system, run.query, inputs, out.text, node.context,
+                    [*history, StepText(new, "")],
+                )
+                left = node.max_tokens - out.tokens
+                budget = left if step.final else min(left, node.step_budget(k))
+                before, chars_before = out.tokens, len(out.text)
+                request = Request(node.name, tuple(messages), prefix, budget,
+                                  node.temperature, node.model, k, before)
+                finish = await _call(run, request, None if step.final else flight)
+                wrote = out.text[chars_before:]
+                if wrote:
+                    history.append(StepText(new, wrote))
+                    carry = {}
+                else:  # cut before its first token: its input goes into the next step's block
+                    carry = dict(new)
+                run.trace.record("step_end", node.name, step=k, tokens=out.tokens - before)
+                k += 1
+                if finish == "stop" or step.final:
+                    break
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        err = own_error(group)
+        raise err from err.__cause__
+
+
+def own_error(group: BaseExceptionGroup) -> BaseException:
+    """The node's own error out of its nursery's group. It can come with the preemption
+    watcher's Cancelled when the run is being cancelled at that moment (another node failed);
+    the group would then slip past the handler of failures (``except Exception``)."""
+    failed, _ = group.split(trio.Cancelled)
+    if failed is None:
+        return group
+    first: BaseException = failed
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
 
 
 def _joined(a: Mapping[str, str], b: Mapping[str, str]) -> dict[str, str]:

@@ -31,7 +31,7 @@ from .._trace import Event, Trace
 from .clock import is_virtual, settle
 from .emitter import Emitter
 from .inbox import LiveInbox
-from .nodes import run_fn, run_input, run_llm, run_output
+from .nodes import own_error, run_fn, run_input, run_llm, run_output
 
 __all__ = ["Run", "open_run", "prepare", "run"]
 
@@ -160,6 +160,11 @@ class Run:
                 else:
                     await self._body(name)()
                     await emitter.close()
+        except BaseExceptionGroup as group:  # from the ticker's nursery
+            err = own_error(group)
+            if err is group:
+                raise
+            self._fail(name, _unwrap(err))
         except Exception as exc:  # every failure becomes a NodeError
             self._fail(name, _unwrap(exc))
         else:
