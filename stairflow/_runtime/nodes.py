@@ -124,7 +124,7 @@ def own_error(group: BaseExceptionGroup) -> BaseException:
     """The node's own error out of its nursery's group. It can come with the preemption
     watcher's Cancelled when the run is being cancelled at that moment (another node failed);
     the group would then slip past the handler of failures (``except Exception``)."""
-    failed, _ = group.split(trio.Cancelled)
+    _, failed = group.split(trio.Cancelled)
     if failed is None:
         return group
     first: BaseException = failed

@@ -242,3 +242,25 @@ def test_check_graph_on_every_bundled_graph():
     for name in sf.bundled_graphs():
         reports = check_graph(sf.resolve_graph(name))
         assert reports["staircase"].ttft_s < reports["normal"].ttft_s
+
+
+def test_a_nodes_error_is_found_in_a_group_that_also_holds_a_cancellation():
+    # a node's nursery (its preemption watcher, its ticker) fails with the node's error and
+    # the watcher's Cancelled when the run is cancelled at the same moment
+    from stairflow._runtime.nodes import own_error
+
+    async def a_cancelled() -> BaseException:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            try:
+                await trio.sleep(1)
+            except trio.Cancelled as exc:
+                return exc
+        raise AssertionError("not cancelled")
+
+    cancelled = trio.run(a_cancelled)
+    boom = RuntimeError("boom")
+    assert own_error(BaseExceptionGroup("", [cancelled, boom])) is boom
+    assert own_error(BaseExceptionGroup("", [BaseExceptionGroup("", [boom]), cancelled])) is boom
+    only = BaseExceptionGroup("", [cancelled])
+    assert own_error(only) is only
