@@ -93,14 +93,14 @@ def hops() -> None:
     depth = 8
     g = chain(depth).build()
     runs = []
-    for _ in range(3):
+    for _ in range(5):
         start = time.perf_counter()
         report = sf.run(g, "go")
         runs.append((time.perf_counter() - start, len(report.trace.of("chunk"))))
     sf_s, chunks = min(runs)
-    bare_s = min(timed(lambda: trio.run(bare_pipeline, depth)) for _ in range(3))
+    bare_s = min(timed(lambda: trio.run(bare_pipeline, depth)) for _ in range(5))
     n = TOKENS * (depth + 1)
-    print(f"{TOKENS} tokens, one per chunk, through {depth} pass-through nodes, best of 3:")
+    print(f"{TOKENS} tokens, one per chunk, through {depth} pass-through nodes, best of 5:")
     print(f"  bare trio  {bare_s:6.3f} s  {n} hops       {bare_s / n * 1e6:6.1f} us per hop")
     print(f"  stairflow  {sf_s:6.3f} s  {chunks} chunk hops {sf_s / chunks * 1e6:6.1f} us per chunk "
           f"hop ({sf_s / chunks / (bare_s / n):.1f}x); a busy node takes what has arrived in one "

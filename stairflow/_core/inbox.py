@@ -144,19 +144,23 @@ class Inbox:
 
     def peek(self) -> Step:
         """The step `consume` would take now, without taking it."""
-        new = {p.name: p.pending for p in self._ports.values() if self._is_pending(p)}
-        return Step(
-            index=self.steps_taken,
-            new=MappingProxyType(new),
-            text=_Texts({p.name: (p.received, len(p.received), p.pending)
-                         for p in self._ports.values() if not p.dropped}),
-            chunks=MappingProxyType({p.name: p.pending_chunks for p in self._ports.values()
-                                     if self._is_pending(p)}),
-            finished=frozenset(p.name for p in self._ports.values() if p.ended),
-            dropped=frozenset(p.name for p in self._ports.values() if p.dropped),
-            final=self.all_ended,
-            query=self.query,
-        )
+        new: dict[str, str] = {}
+        chunks: dict[str, int] = {}
+        texts: dict[str, tuple[list[str], int, str]] = {}
+        finished: list[str] = []
+        dropped: list[str] = []
+        for p in self._ports.values():  # one pass: this runs at every step of every node
+            if p.pending_chunks or p.ended_pending:
+                new[p.name], chunks[p.name] = p.pending, p.pending_chunks
+            if p.dropped:
+                dropped.append(p.name)
+            else:
+                texts[p.name] = (p.received, len(p.received), p.pending)
+            if p.ended:
+                finished.append(p.name)
+        return Step(self.steps_taken, MappingProxyType(new), _Texts(texts),
+                    MappingProxyType(chunks), frozenset(finished), frozenset(dropped),
+                    self._ended == len(self._ports), self.query)
 
     def consume(self) -> Step:
         step = self.peek()
