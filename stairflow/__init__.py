@@ -12,6 +12,7 @@ from ._backends.base import Backend, Completion, Request, Usage
 from ._backends.select import BackendChoice, EndpointOptions, open_backend
 from ._backends.sim import SimBackend, SimTiming
 from ._core.inbox import Step
+from ._core.policy import Rates
 from ._errors import (
     BackendError,
     ConfigError,
@@ -89,6 +90,7 @@ __all__ = [
     "NodeReport",
     "OpenAIBackend",
     "OutputNode",
+    "Rates",
     "Report",
     "Request",
     "Run",

@@ -349,3 +349,26 @@ def test_redacting_a_report_keeps_it_valid_json():
     out = redact_data(data, ["1", "e", "sk-live-abcdef12"])  # short ones would match anything
     assert out == {"ttft_s": 0.125, "text": "said [redacted] twice", "model": "e", "n": [1, "1"]}
     assert json.loads(json.dumps(out)) == out
+
+
+def test_a_backend_that_gives_no_rates_takes_every_early_step():
+    # the step policy needs the node's rates; the simulator's say that b's early steps cannot
+    # pay for reading its answer back (32 prompt tokens/s against 4 output tokens/s)
+    g = sf.Graph("slow-prefill", sim={"latency_s": 0.0, "prefill_tps": 32.0, "decode_tps": 4.0})
+    g.input("q")
+    g.llm("a", sim={"output_tokens": 10})
+    g.llm("b", context="append", steps=[1], sim={"output_tokens": 2})
+    g.connect("q", "a")
+    g.connect("a", "b", sf.tokens(1))
+    g.connect("b", g.output("out"))
+
+    class NoRates(sf.SimBackend):
+        def rates(self, node: str) -> None:  # type: ignore[override]
+            return None
+
+    frozen = g.build()
+    with_rates = sf.run(frozen, "q", virtual_clock=True, backend=sf.SimBackend.for_graph(frozen))
+    without = sf.run(frozen, "q", virtual_clock=True, backend=NoRates.for_graph(frozen))
+    assert len(with_rates.trace.of("step_start", "b")) == 1
+    assert len(without.trace.of("step_start", "b")) == 3
+    assert isinstance(sf.SimBackend.for_graph(frozen).rates("b"), sf.Rates)
