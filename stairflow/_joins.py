@@ -10,7 +10,11 @@ or pending. A policy looks only at which candidates are pending:
 - ``quorum(k)``: at least ``min(k, candidates)`` are pending.
 
 With ``max_wait_s`` a node waiting on stragglers proceeds with what it has once that long has
-passed since it became ready with at least one pending input.
+passed since it became ready with at least one pending input. With ``straggler`` (a factor
+``f``) it waits for stragglers at most ``f`` times as long as the first input took: a node
+ready at ``r`` whose first new chunk arrives at ``t`` proceeds at ``t + f * (t - r)``. That
+adapts to the pace of the run (a fixed ``max_wait_s`` is too long on a fast server and too
+short on a slow one). With both, whichever comes first.
 """
 
 from __future__ import annotations
@@ -31,6 +35,21 @@ class Join:
     policy: Literal["all", "any", "quorum"] = "all"
     k: int = 0
     max_wait_s: float | None = None
+    straggler: float | None = None
+
+    @property
+    def waits(self) -> bool:
+        """Whether the node may step before its rule holds (a straggler timeout or factor)."""
+        return self.max_wait_s is not None or self.straggler is not None
+
+    def deadline(self, ready: float, first: float) -> float | None:
+        """When a node ready since ``ready``, whose oldest pending chunk came at ``first``,
+        goes on without its stragglers (None: it waits for them)."""
+        start = max(ready, first)
+        due = [start + self.max_wait_s] if self.max_wait_s is not None else []
+        if self.straggler is not None:
+            due.append(start + self.straggler * (start - ready))
+        return min(due) if due else None
 
     def satisfied(self, pending: int, candidates: int) -> bool:
         """Whether a step may start, given how many candidate inputs are pending."""
@@ -44,17 +63,23 @@ class Join:
 
     def describe(self) -> str:
         base = f"quorum({self.k})" if self.policy == "quorum" else self.policy
-        return base if self.max_wait_s is None else f"{base}, max wait {self.max_wait_s:g}s"
+        if self.max_wait_s is not None:
+            base += f", max wait {self.max_wait_s:g}s"
+        if self.straggler is not None:
+            base += f", straggler {self.straggler:g}x"
+        return base
 
     def to_config(self) -> Any:
         if self.policy == "quorum":
             table: dict[str, Any] = {"quorum": self.k}
-        elif self.max_wait_s is None:
+        elif not self.waits:
             return self.policy
         else:
             table = {"policy": self.policy}
         if self.max_wait_s is not None:
             table["max_wait_s"] = self.max_wait_s
+        if self.straggler is not None:
+            table["straggler"] = self.straggler
         return table
 
 
@@ -67,9 +92,20 @@ def _check_wait(max_wait_s: float | None) -> float | None:
     return float(max_wait_s)
 
 
-def join_all(max_wait_s: float | None = None) -> Join:
-    """Step when every input still running has a new chunk (the paper's rule)."""
-    return Join("all", 0, _check_wait(max_wait_s))
+def _check_straggler(straggler: float | None) -> float | None:
+    if straggler is None:
+        return None
+    if (isinstance(straggler, bool) or not isinstance(straggler, int | float)
+            or not 0 <= straggler < math.inf):
+        raise GraphError(f"straggler={straggler!r}: must be a factor >= 0, e.g. 2.0 (wait for "
+                         "a straggler at most twice as long as the first input took)")
+    return float(straggler)
+
+
+def join_all(max_wait_s: float | None = None, *, straggler: float | None = None) -> Join:
+    """Step when every input still running has a new chunk (the paper's rule); see the
+    module docs for ``max_wait_s`` and ``straggler``."""
+    return Join("all", 0, _check_wait(max_wait_s), _check_straggler(straggler))
 
 
 def join_any(max_wait_s: float | None = None) -> Join:
@@ -77,14 +113,15 @@ def join_any(max_wait_s: float | None = None) -> Join:
     return Join("any", 0, _check_wait(max_wait_s))
 
 
-def quorum(k: int, max_wait_s: float | None = None) -> Join:
+def quorum(k: int, max_wait_s: float | None = None, *, straggler: float | None = None) -> Join:
     """Step when at least ``k`` inputs (or all still running, if fewer) have a new chunk."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise GraphError(f"quorum({k!r}): k must be a whole number >= 1")
-    return Join("quorum", k, _check_wait(max_wait_s))
+    return Join("quorum", k, _check_wait(max_wait_s), _check_straggler(straggler))
 
 
-_HINT = 'use "all", "any", { quorum = 2 } or { policy = "all", max_wait_s = 1.0 }'
+_HINT = ('use "all", "any", { quorum = 2 }, { policy = "all", max_wait_s = 1.0 } or '
+         '{ policy = "all", straggler = 2.0 }')
 
 
 def parse_join(value: Any) -> Join:
@@ -97,9 +134,11 @@ def parse_join(value: Any) -> Join:
         return join_any()
     if isinstance(value, dict):
         keys = set(value)
-        wait = value.get("max_wait_s")
-        if keys <= {"quorum", "max_wait_s"} and "quorum" in keys:
-            return quorum(value["quorum"], wait)
-        if keys <= {"policy", "max_wait_s"} and value.get("policy") in ("all", "any"):
-            return join_all(wait) if value["policy"] == "all" else join_any(wait)
+        wait, lag = value.get("max_wait_s"), value.get("straggler")
+        if keys <= {"quorum", "max_wait_s", "straggler"} and "quorum" in keys:
+            return quorum(value["quorum"], wait, straggler=lag)
+        if keys <= {"policy", "max_wait_s", "straggler"} and value.get("policy") == "all":
+            return join_all(wait, straggler=lag)
+        if keys <= {"policy", "max_wait_s"} and value.get("policy") == "any":
+            return join_any(wait)
     raise GraphError(f"unknown join {value!r}; {_HINT}")

@@ -25,7 +25,7 @@ def _label(node: object) -> tuple[str, dict[str, str]]:
                                           "fillcolor": "#dcfce7"}
     if isinstance(node, LLMNode):
         extra = [node.model or "llm"]
-        if node.join.policy != "all" or node.join.max_wait_s is not None:
+        if node.join.policy != "all" or node.join.waits:
             extra.append(f"join {node.join.describe()}")
         return f"{node.name}\n({', '.join(extra)})", {"shape": "box", "style": "rounded,filled",
                                                       "fillcolor": "#fef3c7"}

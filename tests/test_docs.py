@@ -51,3 +51,13 @@ def test_docs_python_blocks_run(doc, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for code in blocks("python", (ROOT / "docs" / doc).read_text()):
         exec(compile(code, doc, "exec"), {"__name__": "docs"})
+
+
+def test_the_schedules_document_is_what_its_script_prints():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import schedules
+    finally:
+        sys.path.pop(0)
+    assert (ROOT / "docs" / "schedules.md").read_text() == schedules.document(), \
+        "regenerate it: python benchmarks/schedules.py --write docs/schedules.md"

@@ -122,11 +122,11 @@ class Inbox:
 
     def wait_deadline(self, ready_since: float) -> float | None:
         """When a straggler timeout lets the node proceed anyway (None: never)."""
-        if self.join.max_wait_s is None:
+        if not self.join.waits:
             return None
         ports = self._ports.values()
         times = [p.since for p in ports if self._is_pending(p) and p.since is not None]
-        return max(ready_since, min(times)) + self.join.max_wait_s if times else None
+        return self.join.deadline(ready_since, min(times)) if times else None
 
     @property
     def all_dropped(self) -> bool:

@@ -297,7 +297,7 @@ def _check_step(g: FrozenGraph, e: Event, delivered: Mapping[tuple[str, str], in
     candidates = [s for s in ins if (s, name) not in ended or taken.get(s)]
     pending = sum(1 for s in candidates if taken.get(s))
     join = node.join
-    if join.max_wait_s is not None or not candidates:
+    if join.waits or not candidates:
         return  # a straggler timeout may start a step early; nothing left to wait for
     need = max(1, _need(join.policy, join.k, len(candidates)))
     if pending < need:

@@ -113,14 +113,24 @@ def _step_start(node: str, arrivals: dict[str, list[_Arrival]], used: dict[str, 
             if takes(at):
                 return at
             continue
-        if join.max_wait_s is not None and earliest is not None:
-            due = max(ready, earliest) + join.max_wait_s
+        if join.waits and earliest is not None:
+            due = _due(join, ready, earliest)
             if due <= (times[i + 1] if i + 1 < len(times) else math.inf):
                 if takes(due):
                     return due
                 waited_out = True
     raise InvariantError("exactness", f"node {node}", "the timing model says it waits forever "
                          f"for its inputs (join {join.describe()})")
+
+
+def _due(join: Join, ready: float, earliest: float) -> float:
+    """When a straggler timeout or factor lets a node ready at ``ready``, whose oldest
+    pending chunk came at ``earliest``, go on (written out here from the join's docs)."""
+    start = max(ready, earliest)
+    due = [start + join.max_wait_s] if join.max_wait_s is not None else []
+    if join.straggler is not None:
+        due.append(start + join.straggler * (start - ready))
+    return min(due)
 
 
 def _llm(graph: FrozenGraph, node: LLMNode, arrivals: dict[str, list[_Arrival]],

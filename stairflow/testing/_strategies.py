@@ -57,16 +57,22 @@ JOIN_KINDS = ("all", "any", "quorum")
 
 
 def _join(n_inputs: int, with_wait: bool, kinds: Sequence[str]) -> st.SearchStrategy[Any]:
-    waits = st.one_of(st.none(), st.sampled_from([0.25, 0.5, 2.0])) if with_wait else st.none()
+    """A join in its graph-file form; with ``with_wait``, maybe a straggler timeout and/or a
+    straggler factor (the latter for ``all`` and quorum joins)."""
+    none: st.SearchStrategy[dict[str, float]] = st.just({})
+    waits = st.one_of(none, st.sampled_from([0.25, 0.5, 2.0]).map(
+        lambda w: {"max_wait_s": w})) if with_wait else none
+    lags = st.one_of(none, st.sampled_from([0.0, 1.0, 2.0]).map(
+        lambda f: {"straggler": f})) if with_wait else none
+    extra = st.tuples(waits, lags).map(lambda wl: {**wl[0], **wl[1]})
     options = []
-    simple = [k for k in ("all", "any") if k in kinds]
-    if simple:
-        options.append(st.sampled_from(simple).flatmap(
-            lambda p: waits.map(lambda w: p if w is None else {"policy": p, "max_wait_s": w})))
+    if "all" in kinds:
+        options.append(extra.map(lambda e: {"policy": "all", **e} if e else "all"))
+    if "any" in kinds:
+        options.append(waits.map(lambda e: {"policy": "any", **e} if e else "any"))
     if "quorum" in kinds:
         options.append(st.integers(1, n_inputs).flatmap(
-            lambda k: waits.map(lambda w: {"quorum": k} | ({} if w is None else
-                                                            {"max_wait_s": w}))))
+            lambda k: extra.map(lambda e: {"quorum": k, **e})))
     if not options:
         raise ValueError(f"joins={tuple(kinds)!r}: use some of {', '.join(JOIN_KINDS)}")
     return st.one_of(options)
@@ -134,7 +140,7 @@ def graphs(
     """A random DAG: an input, layers of nodes each reading the previous layer (and maybe
     earlier ones), one last node feeding the output. Every node leads to the output.
     ``fn_nodes=True`` mixes in fn nodes running ``fn``; ``joins`` picks the join kinds drawn
-    and ``max_wait=False`` leaves out straggler timeouts; see the module docs for
+    and ``max_wait=False`` leaves out straggler timeouts and factors; see the module docs for
     ``empty_answers``."""
     g = Graph("random", sim={"latency_s": 0.125})
     g.input("q")

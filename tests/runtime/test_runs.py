@@ -264,3 +264,27 @@ def test_a_nodes_error_is_found_in_a_group_that_also_holds_a_cancellation():
     assert own_error(BaseExceptionGroup("", [BaseExceptionGroup("", [boom]), cancelled])) is boom
     only = BaseExceptionGroup("", [cancelled])
     assert own_error(only) is only
+
+
+def test_a_straggler_join_keeps_ttft_near_the_fast_proposers():
+    # moa with p3 writing 6 tokens/s instead of 60: "all" waits for p3's first chunk
+    # (8 tokens, 1.3 s); "straggler = 1" waits as long again as the fast ones' first chunks
+    # took (0.168 s), then goes on and reads p3 at a later step
+    from dataclasses import replace
+
+    moa = sf.resolve_graph("moa")
+
+    def run(join: sf.Join) -> sf.Report:
+        g = replace(moa, nodes={n: replace(v, join=join) if n == "agg" else v
+                                for n, v in moa.nodes.items()})
+        return run_virtual(g, None, backend=sf.SimBackend.for_graph(
+            g, nodes={"p3": {"decode_tps": 6.0}}))
+
+    def first_step(report: sf.Report) -> set[str]:
+        return set(report.trace.of("step_start", "agg")[0].data["consumed"])
+
+    fast = run_virtual(moa, None).ttft_s
+    waiting, going_on = run(sf.join_all()), run(sf.join_all(straggler=1.0))
+    assert waiting.ttft_s > 1.3 and first_step(waiting) == {"p1", "p2", "p3"}
+    assert fast < going_on.ttft_s < fast + 0.2 and first_step(going_on) == {"p1", "p2"}
+    assert any("p3" in e.data["consumed"] for e in going_on.trace.of("step_start", "agg"))

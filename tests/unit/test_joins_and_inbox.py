@@ -21,7 +21,8 @@ def test_join_rules(join, pending, candidates, ok):
 
 @pytest.mark.parametrize(
     "value", ["all", "any", {"quorum": 2}, {"quorum": 1, "max_wait_s": 0.5},
-              {"policy": "all", "max_wait_s": 1.0}])
+              {"policy": "all", "max_wait_s": 1.0}, {"policy": "all", "straggler": 2.0},
+              {"quorum": 2, "max_wait_s": 1.0, "straggler": 0.0}])
 def test_join_config_round_trip(value):
     assert parse_join(value).to_config() == value
 
@@ -29,7 +30,9 @@ def test_join_config_round_trip(value):
 @pytest.mark.parametrize(
     ("value", "message"),
     [("most", "unknown join 'most'"), ({"quorum": 0}, "quorum(0): k must be a whole number >= 1"),
-     ({"policy": "all", "max_wait_s": -1}, "max_wait_s=-1: must be a number of seconds > 0")],
+     ({"policy": "all", "max_wait_s": -1}, "max_wait_s=-1: must be a number of seconds > 0"),
+     ({"policy": "all", "straggler": -1}, "straggler=-1: must be a factor >= 0"),
+     ({"policy": "any", "straggler": 2}, "unknown join")],  # any never waits
 )
 def test_bad_joins(value, message):
     with pytest.raises(sf.GraphError) as info:
@@ -70,6 +73,18 @@ def test_inbox_straggler_deadline_counts_from_ready_or_first_arrival():
     box.put("a", "x", False, 1.0)
     assert box.wait_deadline(0.0) == 3.0
     assert box.wait_deadline(4.0) == 6.0
+
+
+def test_a_straggler_factor_waits_in_proportion_to_the_first_arrival():
+    box = Inbox(["a", "b", "c"], sf.join_all(straggler=2.0))
+    assert box.wait_deadline(1.0) is None
+    box.put("a", "x", False, 1.5)  # ready at 1.0, the first chunk after 0.5 s: wait 1 s more
+    assert box.wait_deadline(1.0) == 2.5
+    assert box.wait_deadline(2.0) == 2.0  # it came while the node was busy: go on at once
+    both = Inbox(["a", "b"], sf.join_all(max_wait_s=0.25, straggler=2.0))
+    both.put("a", "x", False, 1.5)
+    assert both.wait_deadline(1.0) == 1.75  # whichever comes first
+    assert sf.join_all(straggler=2.0).describe() == "all, straggler 2x"
 
 
 def test_inbox_drop_forgets_text_and_lets_the_others_go_on():

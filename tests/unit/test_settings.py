@@ -33,7 +33,8 @@ LLM_TIMEOUT = ("use the most seconds one model request may take (> 0), or leave 
                "backend's default")
 FN_TIMEOUT = ("use the most seconds the whole fn node may take (> 0), or leave it out for no "
               "deadline")
-JOIN_HINT = 'use "all", "any", { quorum = 2 } or { policy = "all", max_wait_s = 1.0 }'
+JOIN_HINT = ('use "all", "any", { quorum = 2 }, { policy = "all", max_wait_s = 1.0 } or '
+             '{ policy = "all", straggler = 2.0 }')
 
 
 def toml(value: Any) -> str:
