@@ -220,12 +220,9 @@ def test_6_never_slower_on_moa_shapes(g):
     assert_never_slower(g)
 
 
-def test_6_a_step_that_cannot_pay_for_reading_itself_back_is_not_taken():
-    # Found by Hypothesis with the policy's check switched off: with the append layout every
-    # step adds a block of markers to the final prompt, and at 32 prompt tokens/s against 4
-    # output tokens/s one token per step never pays for them. Stepping early put b's first
-    # token at 2.1875 s but its last at 5.09375 s, after normal mode's 4.96875 s; the policy
-    # waits instead, and b does exactly what it does in normal mode.
+def append_slow_prefill() -> sf.Graph:
+    """b reads a token by token, in the append layout, at 32 prompt tokens/s against 4 output
+    tokens/s: no early step of b pays for reading its answer back."""
     g = sf.Graph("append-slow-prefill", sim={"latency_s": 0.0, "prefill_tps": 32.0,
                                             "decode_tps": 4.0})
     g.input("q")
@@ -234,6 +231,16 @@ def test_6_a_step_that_cannot_pay_for_reading_itself_back_is_not_taken():
     g.connect("q", "a")
     g.connect("a", "b", sf.tokens(1))
     g.connect("b", g.output("out"))
+    return g
+
+
+def test_6_a_step_that_cannot_pay_for_reading_itself_back_is_not_taken():
+    # Found by Hypothesis with the policy's check switched off: with the append layout every
+    # step adds a block of markers to the final prompt, and at 32 prompt tokens/s against 4
+    # output tokens/s one token per step never pays for them. Stepping early put b's first
+    # token at 2.1875 s but its last at 5.09375 s, after normal mode's 4.96875 s; the policy
+    # waits instead, and b does exactly what it does in normal mode.
+    g = append_slow_prefill()
     stair, normal = run_virtual(g, "q"), run_virtual(g, "q", mode="normal")
     assert [e.t for e in stair.trace.of("step_start", "b")] == [2.375]
     assert (stair.nodes["b"].ttft_s, stair.nodes["b"].done_s) == (4.71875, 4.96875)

@@ -354,13 +354,9 @@ def test_redacting_a_report_keeps_it_valid_json():
 def test_a_backend_that_gives_no_rates_takes_every_early_step():
     # the step policy needs the node's rates; the simulator's say that b's early steps cannot
     # pay for reading its answer back (32 prompt tokens/s against 4 output tokens/s)
-    g = sf.Graph("slow-prefill", sim={"latency_s": 0.0, "prefill_tps": 32.0, "decode_tps": 4.0})
-    g.input("q")
-    g.llm("a", sim={"output_tokens": 10})
-    g.llm("b", context="append", steps=[1], sim={"output_tokens": 2})
-    g.connect("q", "a")
-    g.connect("a", "b", sf.tokens(1))
-    g.connect("b", g.output("out"))
+    from tests.property.test_invariants import append_slow_prefill
+
+    g = append_slow_prefill()
 
     class NoRates(sf.SimBackend):
         def rates(self, node: str) -> None:  # type: ignore[override]
