@@ -11,10 +11,11 @@ or pending. A policy looks only at which candidates are pending:
 
 With ``max_wait_s`` a node waiting on stragglers proceeds with what it has once that long has
 passed since it became ready with at least one pending input. With ``straggler`` (a factor
-``f``) it waits for stragglers at most ``f`` times as long as the first input took: a node
-ready at ``r`` whose first new chunk arrives at ``t`` proceeds at ``t + f * (t - r)``. That
-adapts to the pace of the run (a fixed ``max_wait_s`` is too long on a fast server and too
-short on a slow one). With both, whichever comes first.
+``f``) it waits for stragglers at most ``f`` times as long as its first new chunk took: a
+node whose previous step started at ``s`` (the run's start, before its first step) and
+whose first new chunk arrived at ``t`` proceeds at ``t + f * (t - s)``, or as soon as it is
+ready if that has passed. That adapts to the pace of the run (a fixed ``max_wait_s`` is too
+long on a fast server and too short on a slow one). With both, whichever comes first.
 """
 
 from __future__ import annotations
@@ -42,13 +43,13 @@ class Join:
         """Whether the node may step before its rule holds (a straggler timeout or factor)."""
         return self.max_wait_s is not None or self.straggler is not None
 
-    def deadline(self, ready: float, first: float) -> float | None:
-        """When a node ready since ``ready``, whose oldest pending chunk came at ``first``,
+    def deadline(self, ready: float, first: float, stepped: float) -> float | None:
+        """When a node ready since ``ready``, whose oldest pending chunk came at ``first``
+        and whose previous step started at ``stepped`` (the run's start before its first),
         goes on without its stragglers (None: it waits for them)."""
-        start = max(ready, first)
-        due = [start + self.max_wait_s] if self.max_wait_s is not None else []
+        due = [max(ready, first) + self.max_wait_s] if self.max_wait_s is not None else []
         if self.straggler is not None:
-            due.append(start + self.straggler * (start - ready))
+            due.append(max(ready, first + self.straggler * (first - stepped)))
         return min(due) if due else None
 
     def satisfied(self, pending: int, candidates: int) -> bool:

@@ -73,7 +73,6 @@ LENGTH_REASONS = frozenset({"length", "max_tokens"})
 RETRY_STATUS = frozenset({408, 409, 429})  # and every 5xx
 BACKOFF_S = 0.5  # first wait before a retry; doubles, up to MAX_BACKOFF_S
 MAX_BACKOFF_S = 8.0
-WARM_UP_S = 5.0  # the most `warm_up` delays a run's start
 MAX_RETRY_AFTER_S = 60.0  # a server's Retry-After is honoured up to this (and the deadline)
 
 BODY_CHARS = 200  # of an error text the server sent, shown in a message
@@ -365,21 +364,21 @@ class OpenAIBackend:
     async def warm_up(self, nodes: Iterable[tuple[str, str | None]]) -> None:
         """Before a run: make the HTTP clients its nodes (``(name, model)`` pairs) will use,
         off the event loop (making one takes tens of milliseconds: an SSL context), and list
-        each endpoint's models, so that the run's first requests all leave at once. Best
-        effort, bounded to WARM_UP_S: whatever fails here fails again, with the node's name,
-        on its first request."""
+        each endpoint's models, so that the run's first requests all leave at once. The
+        listing is the one those requests would wait for anyway, under the same deadlines;
+        whatever fails here fails again, with the node's name, on its first request."""
         eps = {_client_key(ep): ep for ep in (self.endpoint_for(n, m) for n, m in nodes)}
-        with trio.move_on_after(WARM_UP_S):
-            for key, ep in eps.items():
-                if key not in self._clients:
-                    try:
-                        client = await trio.to_thread.run_sync(self._new_client, ep)
-                    except ConfigError:
-                        continue
-                    self._clients.setdefault(key, client)
-            async with trio.open_nursery() as nursery:
-                for ep in {ep.base_url: ep for ep in eps.values()}.values():
-                    nursery.start_soon(self._warm_models, ep)
+        for key, ep in eps.items():
+            if key not in self._clients:
+                try:
+                    client = await trio.to_thread.run_sync(self._new_client, ep)
+                except ConfigError:
+                    continue
+                self._clients.setdefault(key, client)
+        usable = [ep for key, ep in eps.items() if key in self._clients]
+        async with trio.open_nursery() as nursery:
+            for ep in {ep.base_url: ep for ep in usable}.values():
+                nursery.start_soon(self._warm_models, ep)
 
     async def _warm_models(self, ep: Endpoint) -> None:
         call = _Call("", ep, trio.current_time() + ep.timeout_s, self.secret_values())

@@ -80,6 +80,7 @@ class Inbox:
     join: Join
     query: str = ""
     steps_taken: int = 0
+    stepped_at: float = 0.0  # when the last step was taken (the start, before the first)
     _ports: dict[str, _Port] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -126,7 +127,7 @@ class Inbox:
             return None
         ports = self._ports.values()
         times = [p.since for p in ports if self._is_pending(p) and p.since is not None]
-        return self.join.deadline(ready_since, min(times)) if times else None
+        return self.join.deadline(ready_since, min(times), self.stepped_at) if times else None
 
     @property
     def all_dropped(self) -> bool:
@@ -162,8 +163,10 @@ class Inbox:
                     MappingProxyType(chunks), frozenset(finished), frozenset(dropped),
                     self._ended == len(self._ports), self.query)
 
-    def consume(self) -> Step:
+    def consume(self, now: float | None = None) -> Step:
         step = self.peek()
+        if now is not None:
+            self.stepped_at = now
         for p in self._ports.values():
             if p.pending:
                 p.received.append(p.pending)

@@ -88,13 +88,15 @@ class Emitter:
 
     async def emit(self, token: str) -> None:
         now = trio.current_time()
-        self._parts.append(token)
-        self.tokens += 1
         if self.timed:
-            async with self._lock:
+            async with self._lock:  # taken first: a cancel while waiting for it loses nothing
+                self._parts.append(token)
+                self.tokens += 1
                 await self._feed(token, now)
             self._wake.set()
         else:  # nothing else writes to these edges: no lock; a turn for the others now and then
+            self._parts.append(token)
+            self.tokens += 1
             await self._feed(token, now)
             self._unyielded += 1
             if self._unyielded >= YIELD_EVERY:

@@ -28,7 +28,7 @@ class LiveInbox:
         self, inputs: Sequence[str], join: Join, query: str, *, eager: bool, cap: int,
         virtual: bool, clock: Callable[[], float],
     ) -> None:
-        self.core = Inbox(inputs, join, query)
+        self.core = Inbox(inputs, join, query, stepped_at=clock())
         self.eager = eager
         self.cap = cap
         self.waiting = False  # a lazy consumer is waiting for its next step
@@ -82,7 +82,7 @@ class LiveInbox:
                         await self._changed.park()
                 await settle(self._virtual)
                 if pays is None or self.core.all_ended or pays(self.core.peek()):
-                    return self.core.consume()
+                    return self.core.consume(self._clock())
                 await self._changed.park()
         finally:
             self.waiting = False

@@ -169,6 +169,8 @@ async def _call(run: Run, req: Request, flight: _InFlight | None = None) -> str 
         with scope:
             async with run.backend.open_stream(req) as stream:
                 async for token in stream:
+                    if flight is not None and flight.cut:
+                        break  # cut while this token was on its way: the final step goes on
                     if out.tokens == req.position:
                         run.trace.record("first_token", req.node, step=req.step)
                     if flight is None:
@@ -189,7 +191,8 @@ async def _call(run: Run, req: Request, flight: _InFlight | None = None) -> str 
     finally:
         if flight is not None:
             flight.scope, flight.emitting = None, False
-    if stream is None or (scope.cancelled_caught and stream.finish_reason is None):
+    cut = scope.cancelled_caught or (flight is not None and flight.cut)
+    if stream is None or (cut and stream.finish_reason is None):
         _record_cancel(run, req, stream, cut=True)
         return None
     run.trace.record(

@@ -87,7 +87,8 @@ def _cut(trigger: Trigger, line: _Line) -> list[_Arrival]:
 
 
 def _step_start(node: str, arrivals: dict[str, list[_Arrival]], used: dict[str, int],
-                ready: float, join: Join, takes: Callable[[float], bool]) -> float:
+                ready: float, join: Join, takes: Callable[[float], bool],
+                stepped: float = 0.0) -> float:
     """The first instant at or after ``ready`` when the join holds (or its wait runs out) and
     the step is worth taking (``takes``: the no-regret policy, or the final step)."""
     times = sorted({ready} | {a.t for name, arr in arrivals.items() for a in arr[used[name]:]
@@ -114,7 +115,7 @@ def _step_start(node: str, arrivals: dict[str, list[_Arrival]], used: dict[str, 
                 return at
             continue
         if join.waits and earliest is not None:
-            due = _due(join, ready, earliest)
+            due = _due(join, ready, earliest, stepped)
             if due <= (times[i + 1] if i + 1 < len(times) else math.inf):
                 if takes(due):
                     return due
@@ -123,13 +124,13 @@ def _step_start(node: str, arrivals: dict[str, list[_Arrival]], used: dict[str, 
                          f"for its inputs (join {join.describe()})")
 
 
-def _due(join: Join, ready: float, earliest: float) -> float:
+def _due(join: Join, ready: float, earliest: float, stepped: float) -> float:
     """When a straggler timeout or factor lets a node ready at ``ready``, whose oldest
-    pending chunk came at ``earliest``, go on (written out here from the join's docs)."""
-    start = max(ready, earliest)
-    due = [start + join.max_wait_s] if join.max_wait_s is not None else []
+    pending chunk came at ``earliest`` and whose previous step started at ``stepped``, go on
+    (written out here from the join's docs)."""
+    due = [max(ready, earliest) + join.max_wait_s] if join.max_wait_s is not None else []
     if join.straggler is not None:
-        due.append(start + join.straggler * (start - ready))
+        due.append(max(ready, earliest + join.straggler * (earliest - stepped)))
     return min(due)
 
 
@@ -168,7 +169,8 @@ def _llm(graph: FrozenGraph, node: LLMNode, arrivals: dict[str, list[_Arrival]],
                                skipped=skipped, taken=taken)
 
     while len(line.tokens) < node.max_tokens:
-        start = _step_start(node.name, arrivals, used, ready, node.join, takes)
+        start = _step_start(node.name, arrivals, used, ready, node.join, takes,
+                            line.steps[-1] if line.steps else 0.0)
         new = dict(carry)
         for src, arr in arrivals.items():
             take = [a for a in arr[used[src]:] if a.t <= start]

@@ -76,12 +76,17 @@ def test_inbox_straggler_deadline_counts_from_ready_or_first_arrival():
 
 
 def test_a_straggler_factor_waits_in_proportion_to_the_first_arrival():
-    box = Inbox(["a", "b", "c"], sf.join_all(straggler=2.0))
+    box = Inbox(["a", "b", "c"], sf.join_all(straggler=2.0), stepped_at=1.0)
     assert box.wait_deadline(1.0) is None
-    box.put("a", "x", False, 1.5)  # ready at 1.0, the first chunk after 0.5 s: wait 1 s more
+    box.put("a", "x", False, 1.5)  # 0.5 s after the last step began: wait 1 s more for b, c
     assert box.wait_deadline(1.0) == 2.5
-    assert box.wait_deadline(2.0) == 2.0  # it came while the node was busy: go on at once
-    both = Inbox(["a", "b"], sf.join_all(max_wait_s=0.25, straggler=2.0))
+    assert box.wait_deadline(2.0) == 2.5  # busy until 2.0: the same deadline
+    assert box.wait_deadline(3.0) == 3.0  # busy past it: go on at once
+    box.put("b", "y", False, 1.7)
+    box.consume(now=3.0)
+    box.put("a", "z", False, 3.25)  # 0.25 s after the step at 3.0 began
+    assert box.wait_deadline(4.0) == 4.0 and box.wait_deadline(3.3) == 3.75
+    both = Inbox(["a", "b"], sf.join_all(max_wait_s=0.25, straggler=2.0), stepped_at=1.0)
     both.put("a", "x", False, 1.5)
     assert both.wait_deadline(1.0) == 1.75  # whichever comes first
     assert sf.join_all(straggler=2.0).describe() == "all, straggler 2x"
