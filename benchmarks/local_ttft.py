@@ -50,7 +50,7 @@ def decompose(report: sf.Report) -> dict[str, float]:
     """The hand-written script's timings, read from stairflow's trace."""
     tr = report.trace
     sent = tr.of("request_sent")
-    firsts = [e.t for e in tr.of("chunk", None) if e.data["edge"][1] == "agg"
+    firsts = [e.t for e in tr.of("chunk") if e.data["edge"][1] == "agg"
               and e.data["index"] == 0]
     return {
         "proposers_sent": max(e.t for e in sent if e.node != "agg"),
