@@ -5,19 +5,27 @@
 
 1. Every schedule of chunk sizes on the edges between llm nodes of `moa`, `moa-3layer` and
    `debate`: first chunks of 4 to 64 tokens, fixed and growing.
-2. `moa` with one proposer 10x slower than the others, under the joins a user can pick.
+2. Step budgets: the graphs' declared ones, a larger fixed schedule, and ``steps = "auto"``
+   (sized from the server's rates), under four server timings.
+3. `moa` with one proposer 10x slower than the others, under the joins a user can pick.
 
-Reports TTFT, total time and final-answer tokens/s (output tokens / total time). Everything
-here is simulated (the paper-calibrated timing of the bundled graphs).
+Reports TTFT, total time, final-answer tokens/s (output tokens / total time) and lag (how far
+behind its inputs the answer is written). Everything here is simulated (the paper-calibrated
+timing of the bundled graphs, and what-ifs on it).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 from dataclasses import replace
+from typing import Any
+
+import trio
+import trio.testing
 
 import stairflow as sf
-from stairflow.testing import run_virtual
+from stairflow.testing import open_virtual_run, run_virtual
 
 SCHEDULES = ([4], [8], [16], [32], [64], [8, 16, 32, 64], [4, 8, 16, 32, 64], [8, 64],
              [8, 32, 128])
@@ -32,6 +40,68 @@ def with_chunks(graph: sf.FrozenGraph, sizes: list[int]) -> sf.FrozenGraph:
     edges = tuple(replace(e, trigger=sf.tokens(sizes)) if e.src in llm and e.dst in llm else e
                   for e in graph.edges)
     return replace(graph, edges=edges, declared_edges=edges)
+
+
+BEST_CHUNKS = [4, 8, 16, 32, 64]
+BUDGETS: dict[str, tuple[int, ...] | str | None] = {
+    "declared": None, "64, 128, 256": (64, 128, 256), "`auto`": "auto"}
+TIMINGS = {  # label: what-if timing for every node
+    "paper (50 ms latency, prefill 4,000 tokens/s)": {},
+    "remote API (500 ms latency)": {"latency_s": 0.5},
+    "slow prefill (500 tokens/s)": {"prefill_tps": 500.0},
+    "fast server (20 ms, prefill 20,000 tokens/s)": {"latency_s": 0.02, "prefill_tps": 20000.0},
+}
+
+
+def with_steps(graph: sf.FrozenGraph, steps: tuple[int, ...] | str | None) -> sf.FrozenGraph:
+    """``steps`` on every llm node that reads only llm nodes (aggregators, later rounds)."""
+    if steps is None:
+        return graph
+    llm = {n.name for n in graph.llm_nodes()}
+    nodes = {n: replace(node, steps=steps)
+             if n in llm and all(e.src in llm for e in graph.inputs_of(n)) else node
+             for n, node in graph.nodes.items()}
+    return replace(graph, nodes=nodes)
+
+
+def run_with_lag(graph: sf.FrozenGraph, timing: dict[str, float]) -> tuple[sf.Report, float]:
+    """The run's report, and the mean over final-answer tokens of how long after the start of
+    the step that wrote it each came (the input it had not read yet, in seconds)."""
+    runs: list[Any] = []
+
+    async def main() -> None:
+        base = sf.SimBackend.for_graph(graph)
+        backend = sf.SimBackend(base.timing, base.nodes, sim=timing)
+        async with open_virtual_run(graph, None, backend=backend) as run:
+            pass
+        runs.append(run)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    run = runs[0]
+    last = graph.inputs_of(graph.output)[0].src
+    lags: list[float] = []
+    start = 0.0
+    for e in run.trace.events:
+        if e.node == last and e.kind == "step_start":
+            start = e.t
+        elif e.node == last and e.kind == "chunk":
+            lags += [e.t - start] * e.data["tokens"]
+    return run.report(), statistics.mean(lags)
+
+
+def budget_table() -> list[str]:
+    names = ("moa", "moa-3layer", "debate")
+    lines = ["| server | step budgets | " + " | ".join(f"`{n}` tokens/s, lag" for n in names)
+             + " |", "|---|---|" + "---|" * len(names)]
+    for label, timing in TIMINGS.items():
+        for budgets, steps in BUDGETS.items():
+            cells = []
+            for name in names:
+                g = with_steps(with_chunks(sf.resolve_graph(name), BEST_CHUNKS), steps)
+                r, lag = run_with_lag(g, timing)
+                cells.append(f"{r.tokens_per_s:.1f}, {lag:.2f} s")
+            lines.append(f"| {label} | {budgets} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def schedule_table() -> list[str]:
@@ -83,6 +153,27 @@ def document() -> str:
         "(a busy node takes everything that arrived in one step, so smaller chunks cost "
         "nothing). Tokens/s is then bounded by the consumer's own steps (its `steps` budgets), "
         "each paying a request's latency and a re-read of its context.",
+        "",
+        "## Step budgets sized from the server's rates",
+        "",
+        "Chunks of 4, 8, 16, 32, 64 tokens (the best fixed schedule above) on every edge "
+        "between llm nodes; the step budgets of every llm node that reads only llm nodes "
+        "(aggregators, second rounds, the judge) are the graph's declared ones, a larger "
+        "fixed schedule, or `steps = \"auto\"` (its default `step_scale_s = 16`). The server "
+        "timings are what-ifs (`SimBackend(sim={...})`). TTFT is the same in every row of a "
+        "server (the first chunk sets it). Lag is how long after the start of its step each "
+        "final-answer token came, on average: how far behind its inputs the answer is "
+        "written.",
+        "",
+        *budget_table(),
+        "",
+        "A step costs a request's latency and a re-read of the node's whole prompt, so how "
+        "long a node should write before it reads its inputs again depends on the server. "
+        "A fixed schedule is tuned for one: the declared budgets lose up to half their "
+        "tokens/s on a slow prefill, and the larger ones write far behind the inputs on a "
+        "fast server. `auto` sizes each step from the backend's rates (`auto_budget` in "
+        "`stairflow/_core/policy.py`: a step writes for `sqrt(2 c step_scale_s)` seconds, "
+        "`c` its fixed cost), and stays close to the best of them on every server.",
         "",
         "## One proposer 10x slower",
         "",

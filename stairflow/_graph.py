@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeAlias
 import networkx as nx
 from typing_extensions import Unpack
 
+from ._core.policy import Rates, auto_budget
 from ._errors import GraphError
 from ._joins import Join
 from ._prompts import check_template
@@ -80,6 +81,10 @@ class OutputNode:
     kind: Literal["output"] = "output"
 
 
+# the budgets of ``steps = "auto"`` on a backend that gives no rates
+AUTO_FALLBACK = (32, 64, 128)
+
+
 @dataclass(frozen=True)
 class LLMNode:
     """An agent: a model prompted with its inputs, stepping in a staircase.
@@ -94,7 +99,9 @@ class LLMNode:
     prompt: str | None = None  # bundled template name or template string; None: automatic
     temperature: float = 0.7
     max_tokens: int = 512
-    steps: tuple[int, ...] = (32, 64)  # token budget of each step; the last repeats
+    # token budget of each step, the last repeating; "auto": sized from the backend's rates
+    steps: tuple[int, ...] | Literal["auto"] = (32, 64)
+    step_scale_s: float = 16.0  # with "auto": larger, fewer and longer steps (see auto_budget)
     join: Join = field(default_factory=Join)
     on_error: Literal["fail", "drop"] = "fail"
     context: Literal["rebuild", "append"] = "rebuild"
@@ -107,7 +114,14 @@ class LLMNode:
     timeout_s: float | None = None  # the deadline of one model request; None: the backend's
     kind: Literal["llm"] = "llm"
 
-    def step_budget(self, step: int) -> int:
+    def step_budget(self, step: int, prompt_tokens: int = 0, rates: Rates | None = None) -> int:
+        """The budget of the node's early step number ``step`` (from 0), whose prompt has
+        ``prompt_tokens``; ``steps = "auto"`` needs the backend's ``rates`` and, without them,
+        takes the fixed `AUTO_FALLBACK` schedule."""
+        if self.steps == "auto":
+            if rates is None:
+                return AUTO_FALLBACK[min(step, len(AUTO_FALLBACK) - 1)]
+            return auto_budget(rates, prompt_tokens=prompt_tokens, scale_s=self.step_scale_s)
         return self.steps[min(step, len(self.steps) - 1)]
 
 
@@ -444,7 +458,8 @@ def _llm_fields(settings: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(settings)
     if "steps" in out:
         steps = out["steps"]
-        out["steps"] = (steps,) if isinstance(steps, int) else tuple(steps)
+        if steps != "auto":
+            out["steps"] = (steps,) if isinstance(steps, int) else tuple(steps)
     if "sim" in out:
         out["sim"] = MappingProxyType(dict(out["sim"]))
     return out

@@ -148,8 +148,14 @@ class LLMSettings(TypedDict, total=False):
     max_tokens: Annotated[Count, Fix("use a whole number >= 1")]
     steps: Annotated[
         Count | Annotated[list[Count], Field(min_length=1)]
-        | Annotated[tuple[Count, ...], Field(min_length=1)],
-        Fix("use a whole number >= 1 or a non-empty list of them, like [32, 64]"),
+        | Annotated[tuple[Count, ...], Field(min_length=1)] | Literal["auto"],
+        Fix("use a whole number >= 1, a non-empty list of them like [32, 64], or 'auto' "
+            "(sized from the backend's rates)"),
+    ]
+    step_scale_s: Annotated[
+        Positive,
+        Fix("use a number of seconds > 0 (default 16): with steps = 'auto', larger makes "
+            "fewer, longer steps"),
     ]
     join: JoinSetting
     on_error: Annotated[Literal["fail", "drop"], Fix("use 'fail' or 'drop'")]

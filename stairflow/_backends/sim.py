@@ -244,7 +244,8 @@ class SimBackend:
         a simulated token is at most two words, so it reads back as at most two prompt
         tokens."""
         t = self.timing_for(node)
-        return Rates(t.prefill_tps, t.decode_tps, count_tokens, prompt_tokens_per_token=2.0)
+        return Rates(t.prefill_tps, t.decode_tps, count_tokens, prompt_tokens_per_token=2.0,
+                     latency_s=t.latency_s)
 
     @asynccontextmanager
     async def open_stream(self, request: Request) -> AsyncIterator[_SimStream]:

@@ -35,13 +35,14 @@ two-input example).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from .._prompts import InputText, Message, StepText, build_messages
 
-__all__ = ["Layout", "Rates", "early_step_pays", "keep_writing", "overheads"]
+__all__ = ["Layout", "Rates", "auto_budget", "early_step_pays", "keep_writing", "overheads"]
 
 # the text standing for input not received yet: glued to what the node has in normal mode,
 # a word of its own in staircase mode's last block (the worst case of a word cut in two)
@@ -52,13 +53,14 @@ _ONE_WORD = " y"  # a step's output, one word long
 @dataclass(frozen=True)
 class Rates:
     """What a backend knows of one node's model: prompt and output tokens per second, how it
-    counts prompt tokens, and at most how many prompt tokens one output token becomes when the
-    node's answer is read back."""
+    counts prompt tokens, at most how many prompt tokens one output token becomes when the
+    node's answer is read back, and the fixed time of a request before its prompt is read."""
 
     prefill_tps: float
     decode_tps: float
     count: Callable[[Sequence[Message], str], int]
     prompt_tokens_per_token: float = 1.0
+    latency_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -130,3 +132,17 @@ def keep_writing(rates: Rates | None, *, left: int, since_last: float) -> bool:
     if rates is None:
         return True
     return left * rates.prompt_tokens_per_token <= since_last * rates.prefill_tps
+
+
+def auto_budget(rates: Rates, *, prompt_tokens: int, scale_s: float) -> int:
+    """The budget of an early step of a node with ``steps = "auto"``.
+
+    A step's fixed cost ``c`` is its request's latency plus the reading of its
+    ``prompt_tokens``. Writing for ``D`` seconds per step loses ``c/D`` of the node's time to
+    starting steps, and leaves its tokens, on average, ``D/2`` seconds behind input it has not
+    read yet. ``D = sqrt(2 c scale_s)`` minimises ``c/D + D/(2 scale_s)``: ``scale_s``
+    prices a second of lag. So steps are short while the prompt is short or the server is
+    quick to start a request, and long when re-reading the context is dear (a slow prefill, a
+    remote endpoint's latency), whatever the server."""
+    fixed = rates.latency_s + prompt_tokens / rates.prefill_tps
+    return max(1, math.ceil(rates.decode_tps * math.sqrt(2 * fixed * scale_s)))

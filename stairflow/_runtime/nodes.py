@@ -20,7 +20,7 @@ from .._core.inbox import Step
 from .._core.policy import Layout, Rates, early_step_pays, keep_writing, overheads
 from .._errors import NodeError
 from .._graph import FnNode, LLMNode
-from .._prompts import InputText, StepText, build_messages
+from .._prompts import InputText, Message, StepText, build_messages
 from .clock import settle
 from .inbox import Inputs, LiveInbox
 
@@ -72,13 +72,29 @@ async def run_llm(run: Run, node: LLMNode) -> None:
     carry: dict[str, str] = {}  # input taken by steps cut before they wrote anything
     flight = _InFlight()
 
+    def prompt(step: Step) -> tuple[list[Message], str, tuple[tuple[str, str], ...]]:
+        inputs = [InputText(n, t, n in step.finished, n == query_src)
+                  for n, t in step.text.items()]
+        new = tuple(_joined(carry, step.new).items())
+        messages, prefix = build_messages(node.prompt, node.system, run.query, inputs,
+                                          out.text, node.context, [*history, StepText(new, "")])
+        return messages, prefix, new
+
+    def budget(step: Step, messages: list[Message], prefix: str) -> int:
+        left = node.max_tokens - out.tokens
+        if step.final:
+            return left
+        tokens = rates.count(messages, prefix) if rates and node.steps == "auto" else 0
+        return min(left, node.step_budget(k, tokens, rates))
+
     def pays(step: Step) -> bool:
         assert rates is not None
-        pending = _joined(carry, step.new)
-        skipped, taken = overheads(rates, layout, texts=step.text, pending=pending,
-                                   ended=step.finished, history=history, output=out.text)
-        budget = min(node.max_tokens - out.tokens, node.step_budget(step.index))
-        return early_step_pays(rates, written=out.tokens, budget=budget, skipped=skipped,
+        skipped, taken = overheads(rates, layout, texts=step.text,
+                                   pending=_joined(carry, step.new), ended=step.finished,
+                                   history=history, output=out.text)
+        # only an auto-sized budget depends on the prompt
+        at_most = budget(step, *prompt(step)[:2]) if node.steps == "auto" else budget(step, [], "")
+        return early_step_pays(rates, written=out.tokens, budget=at_most, skipped=skipped,
                                taken=taken)
 
     k = 0
@@ -91,17 +107,10 @@ async def run_llm(run: Run, node: LLMNode) -> None:
                     raise NodeError(node.name, "every input failed and was dropped")
                 run.trace.record("step_start", node.name, step=k, consumed=dict(step.chunks),
                                  final=step.final)
-                inputs = [InputText(n, t, n in step.finished, n == query_src)
-                          for n, t in step.text.items()]
-                new = tuple(_joined(carry, step.new).items())
-                messages, prefix = build_messages(
-                    node.prompt, node.system, run.query, inputs, out.text, node.context,
-                    [*history, StepText(new, "")],
-                )
-                left = node.max_tokens - out.tokens
-                budget = left if step.final else min(left, node.step_budget(k))
+                messages, prefix, new = prompt(step)
                 before, chars_before = out.tokens, len(out.text)
-                request = Request(node.name, tuple(messages), prefix, budget,
+                request = Request(node.name, tuple(messages), prefix,
+                                  budget(step, messages, prefix),
                                   node.temperature, node.model, k, before)
                 finish = await _call(run, request, None if step.final else flight)
                 wrote = out.text[chars_before:]

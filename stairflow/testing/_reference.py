@@ -164,7 +164,13 @@ def _llm(graph: FrozenGraph, node: LLMNode, arrivals: dict[str, list[_Arrival]],
             return True
         skipped, taken = overheads(rates, layout, texts=texts, pending=pending, ended=ended,
                                    history=history, output=line.text)
-        budget = min(node.max_tokens - len(line.tokens), node.step_budget(k))
+        prompt = 0
+        if node.steps == "auto":
+            inputs = [InputText(s, t, s in ended, s == graph.input) for s, t in texts.items()]
+            prompt = count_tokens(*build_messages(
+                node.prompt, node.system, query, inputs, line.text, node.context,
+                [*history, StepText(tuple(pending.items()), "")]))
+        budget = min(node.max_tokens - len(line.tokens), node.step_budget(k, prompt, rates))
         return early_step_pays(rates, written=len(line.tokens), budget=budget,
                                skipped=skipped, taken=taken)
 
@@ -188,7 +194,7 @@ def _llm(graph: FrozenGraph, node: LLMNode, arrivals: dict[str, list[_Arrival]],
         prompt = count_tokens(messages, prefix)
         pos = len(line.tokens)
         left = node.max_tokens - pos
-        budget = left if final else min(left, node.step_budget(k))
+        budget = left if final else min(left, node.step_budget(k, prompt, rates))
         n = min(budget, max(0, timing.output_tokens - pos))
         first = start + timing.latency_s + prompt / timing.prefill_tps
         times = [first + i / timing.decode_tps for i in range(n)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from hypothesis import strategies as st
 
@@ -78,6 +78,12 @@ def _join(n_inputs: int, with_wait: bool, kinds: Sequence[str]) -> st.SearchStra
     return st.one_of(options)
 
 
+def _show_steps(node: LLMNode) -> str:
+    if node.steps == "auto":
+        return f"auto step_scale_s={node.step_scale_s}"
+    return str(list(node.steps))
+
+
 @dataclass(frozen=True, repr=False)
 class DrawnGraph(FrozenGraph):
     """A drawn graph that prints as what it is (nodes, settings, edges and triggers), so a
@@ -90,7 +96,7 @@ class DrawnGraph(FrozenGraph):
             if isinstance(node, LLMNode):
                 lines.append(
                     f"  {name}: llm join={node.join.describe()} max_tokens={node.max_tokens} "
-                    f"steps={list(node.steps)} prompt={node.prompt!r} context={node.context!r} "
+                    f"steps={_show_steps(node)} prompt={node.prompt!r} context={node.context!r} "
                     f"sim={dict(node.sim)}")
             elif isinstance(node, FnNode):
                 lines.append(f"  {name}: fn {node.fn.__name__} join={node.join.describe()}")
@@ -159,9 +165,9 @@ def graphs(
             if is_fn:
                 g.fn(name, fn, join=join)
             else:
+                steps, scale = draw(_steps())
                 g.llm(name, join=join, sim=draw(dyadic_timings(empty_answers=empty_answers)),
-                      max_tokens=draw(st.integers(1, 48)),
-                      steps=draw(st.lists(st.integers(1, 16), min_size=1, max_size=3)),
+                      max_tokens=draw(st.integers(1, 48)), steps=steps, step_scale_s=scale,
                       prompt=draw(st.sampled_from([None, "moa-aggregate", "moa-aggregate-user"])),
                       context=draw(st.sampled_from(["rebuild", "append"])))
             for s in sorted(srcs):
@@ -182,6 +188,14 @@ def graphs(
     return _drawn(g)
 
 
+def _steps() -> st.SearchStrategy[tuple[list[int] | Literal["auto"], float]]:
+    """Step budgets and scale: a fixed schedule, or "auto" with a scale giving budgets from
+    one token to more than a node writes."""
+    fixed = st.tuples(st.lists(st.integers(1, 16), min_size=1, max_size=3), st.just(16.0))
+    auto = st.tuples(st.just("auto"), st.sampled_from([1 / 64, 1 / 8, 1.0, 16.0]))
+    return st.one_of(fixed, auto)
+
+
 @st.composite
 def moa_graphs(
     draw: st.DrawFn, *, max_width: int = 4, join: Any = "all", empty_answers: bool = False
@@ -194,8 +208,9 @@ def moa_graphs(
     props = [f"p{i}" for i in range(draw(st.integers(1, max_width)))]
     for p in props:
         g.llm(p, sim=draw(timings), max_tokens=draw(st.integers(1, 48)))
-    g.llm("agg", sim=draw(timings), join=join, prompt="moa-aggregate",
-          steps=draw(st.lists(st.integers(1, 16), min_size=1, max_size=3)))
+    steps, scale = draw(_steps())
+    g.llm("agg", sim=draw(timings), join=join, prompt="moa-aggregate", steps=steps,
+          step_scale_s=scale)
     g.connect("q", props)
     for p in props:
         g.connect(p, "agg", draw(triggers(TRIGGER_KINDS)))

@@ -408,7 +408,8 @@ def test_9_a_dropped_node_lets_the_rest_go_on(g, data):
         else:
             assert isinstance(node, sf.LLMNode)
             b.llm(name, join=node.join, sim=dict(node.sim), max_tokens=node.max_tokens,
-                  steps=list(node.steps), on_error="drop" if name == victim else "fail")
+                  steps=node.steps, step_scale_s=node.step_scale_s,
+                  on_error="drop" if name == victim else "fail")
     for e in g.edges:
         b.connect(e.src, e.dst, e.trigger)
     g2 = b.build()
@@ -455,7 +456,7 @@ def test_10_a_slow_consumer_bounds_what_is_buffered_on_its_edges(g, cap):
             b.input(name)
         elif isinstance(node, sf.LLMNode):
             b.llm(name, join=node.join, sim=dict(node.sim), max_tokens=node.max_tokens,
-                  steps=list(node.steps))
+                  steps=node.steps, step_scale_s=node.step_scale_s)
     last = g.inputs_of(g.output)[0].src
     b.fn("slow", slow_consumer)
     b.output("out")

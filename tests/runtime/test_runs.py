@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import math
 
 import pytest
 import trio
@@ -69,6 +71,52 @@ def test_each_step_continues_the_answer_so_far():
     assert b[0].prefix == ""
     assert all(later.prefix.startswith(earlier.prefix) for earlier, later in itertools.pairwise(b))
     assert b[1].prefix and len(b[1].prefix.split()) == 2
+
+
+def test_auto_steps_are_sized_from_the_rates_and_each_prompt():
+    seen: list[sf.Request] = []
+
+    class Spy(sf.SimBackend):
+        def open_stream(self, request):  # type: ignore[no-untyped-def]
+            seen.append(request)
+            return super().open_stream(request)
+
+    moa = sf.resolve_graph("moa")
+    g = dataclasses.replace(moa, nodes={**moa.nodes, "agg": dataclasses.replace(
+        moa.nodes["agg"], steps="auto", step_scale_s=8.0)})
+    backend = Spy.for_graph(g)
+    run_virtual(g, None, backend=backend)
+    agg = [r for r in seen if r.node == "agg"]
+    rates = backend.rates("agg")
+    # paper timing: 50 ms + prompt/4000 s of fixed cost, 60 tokens/s: sqrt(2 c 8) s of writing
+    want = [math.ceil(60 * math.sqrt(16 * (0.05 + rates.count(r.messages, r.prefix) / 4000)))
+            for r in agg]
+    assert [r.max_tokens for r in agg[:-1]] == want[:-1]
+    assert len(set(want)) == len(want)  # each from its own prompt: they grow with it
+    # the first prompt is 93 tokens: 0.073 s of fixed cost, then 1.08 s of writing
+    assert (rates.count(agg[0].messages, agg[0].prefix), agg[0].max_tokens) == (93, 65)
+
+
+def test_auto_steps_without_rates_take_a_growing_schedule():
+    seen: list[sf.Request] = []
+
+    class NoRates(sf.SimBackend):
+        def rates(self, node: str) -> None:  # type: ignore[override]
+            return None
+
+        def open_stream(self, request):  # type: ignore[no-untyped-def]
+            seen.append(request)
+            return super().open_stream(request)
+
+    g = sf.Graph("long", sim=FAST)
+    g.input("q")
+    g.llm("a", sim={"output_tokens": 600}, max_tokens=600)
+    g.llm("b", steps="auto", max_tokens=600, sim={"output_tokens": 500})
+    g.connect("q", "a")
+    g.connect("a", "b", sf.tokens(4))
+    g.connect("b", g.output("out"))
+    run_virtual(g, "hi", backend=NoRates.for_graph(g.build()))
+    assert [r.max_tokens for r in seen if r.node == "b"][:4] == [32, 64, 128, 128]
 
 
 def test_join_any_and_quorum_and_straggler_timeout():

@@ -113,8 +113,8 @@ def test_output_with_two_inputs():
     [
         ({"temperature": 3}, "graph 't', node 'agg': temperature=3; use a number from 0 to 2"),
         ({"max_tokens": 0}, "graph 't', node 'agg': max_tokens=0; use a whole number >= 1"),
-        ({"steps": [8, 0]}, "graph 't', node 'agg': steps=[8, 0]; use a whole number >= 1 or a "
-                            "non-empty list of them, like [32, 64]"),
+        ({"steps": [8, 0]}, "graph 't', node 'agg': steps=[8, 0]; use a whole number >= 1, a "
+                            "non-empty list of them like [32, 64], or 'auto'"),
         ({"join": "most"}, "graph 't', node 'agg': unknown join 'most'"),
         ({"join": {"quorum": 4}}, "graph 't', node 'agg': quorum(4) but only 3 input(s)"),
         ({"temperatur": 1}, "graph 't', node 'agg': unknown field 'temperatur'; did you mean "

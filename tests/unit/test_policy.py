@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from stairflow._backends.sim import count_tokens
-from stairflow._core.policy import Layout, Rates, early_step_pays, keep_writing, overheads
+from stairflow._core.policy import (
+    Layout,
+    Rates,
+    auto_budget,
+    early_step_pays,
+    keep_writing,
+    overheads,
+)
 from stairflow._prompts import StepText
 
 REBUILD = Layout(None, "", "why?", "rebuild", "q")
@@ -60,3 +67,15 @@ def test_a_step_already_writing_finishes_only_if_reading_its_rest_back_costs_no_
     assert not keep_writing(rates(64, 8), left=3, since_last=1 / 16)
     assert keep_writing(rates(64, 8), left=3, since_last=3 / 32)
     assert keep_writing(None, left=100, since_last=0.0)  # unknown rates: finish it
+
+
+def test_an_auto_step_writes_for_the_root_of_twice_its_fixed_cost_times_the_scale():
+    # fixed cost 1/8 s latency + 112 prompt tokens at 128/s = 1 s; sqrt(2 * 1 * 12.5) = 5 s
+    # of writing at 8 tokens/s = 40 tokens
+    r = Rates(128, 8, count_tokens, latency_s=0.125)
+    assert auto_budget(r, prompt_tokens=112, scale_s=12.5) == 40
+    # four times the fixed cost (a prompt of 496 tokens) makes a step twice as long
+    assert auto_budget(r, prompt_tokens=496, scale_s=12.5) == 80
+    assert auto_budget(r, prompt_tokens=497, scale_s=12.5) == 81  # rounded up
+    # and at least one token, however quick the server
+    assert auto_budget(Rates(1e9, 8, count_tokens), prompt_tokens=1, scale_s=1e-9) == 1

@@ -28,7 +28,10 @@ WHERE = "graph 'mini'"
 NODE = "graph 'mini', node 'a'"
 SIM_FIX = "use a number of output tokens per second from 0.001 to 1e+09"
 WHOLE_TOKENS = f"use a whole number from 0 to {MAX_SIM_OUTPUT_TOKENS}"
-STEPS_FIX = "use a whole number >= 1 or a non-empty list of them, like [32, 64]"
+STEPS_FIX = ("use a whole number >= 1, a non-empty list of them like [32, 64], or 'auto' (sized "
+             "from the backend's rates)")
+SCALE_FIX = ("use a number of seconds > 0 (default 16): with steps = 'auto', larger makes fewer, "
+             "longer steps")
 LLM_TIMEOUT = ("use the most seconds one model request may take (> 0), or leave it out for the "
                "backend's default")
 FN_TIMEOUT = ("use the most seconds the whole fn node may take (> 0), or leave it out for no "
@@ -126,6 +129,9 @@ CASES = [
     ({}, {"max_tokens": 2.0}, "llm", f"{NODE}: max_tokens=2.0; use a whole number >= 1"),
     ({}, {"steps": []}, "llm", f"{NODE}: steps=[]; {STEPS_FIX}"),
     ({}, {"steps": "32"}, "llm", f"{NODE}: steps='32'; {STEPS_FIX}"),
+    ({}, {"steps": "Auto"}, "llm", f"{NODE}: steps='Auto'; {STEPS_FIX}"),
+    ({}, {"steps": "auto", "step_scale_s": 0}, "llm", f"{NODE}: step_scale_s=0; {SCALE_FIX}"),
+    ({}, {"step_scale_s": "16"}, "llm", f"{NODE}: step_scale_s='16'; {SCALE_FIX}"),
     ({}, {"join": "most"}, "llm", f"{NODE}: unknown join 'most'; {JOIN_HINT}"),
     ({}, {"join": {"quorum": True}}, "llm", f"{NODE}: quorum(True): k must be a whole number >= 1"),
     ({}, {"on_error": "ignore"}, "llm", f"{NODE}: on_error='ignore'; use 'fail' or 'drop'"),
@@ -159,7 +165,7 @@ CASES = [
     ({"defaults": {"join": "most"}}, {}, "llm", f"{WHERE}: defaults: unknown join 'most'; {JOIN_HINT}"),
     ({"defaults": {"colour": 1}}, {}, "llm",
      f"{WHERE}: unknown field 'defaults.colour'; use one of model, system, prompt, temperature, "
-     "max_tokens, steps, join, on_error, context, sim, base_url, api_key_env, continuation, "
+     "max_tokens, steps, step_scale_s, join, on_error, context, sim, base_url, api_key_env, continuation, "
      "prompt_format, timeout_s"),
     ({"defaults": {"temprature": 1}}, {}, "llm",
      f"{WHERE}: unknown field 'defaults.temprature'; did you mean 'defaults.temperature'?"),
@@ -195,6 +201,7 @@ GOOD = [
       "join": {"policy": "any", "max_wait_s": 0.5}, "base_url": "https://x.example/v1", "model": "m",
       "api_key_env": "X_KEY", "continuation": "completions", "prompt_format": "gemma"}, "llm"),
     ({}, {"timeout_s": 1, "join": "any", "on_error": "drop"}, "fn"),
+    ({}, {"steps": "auto", "step_scale_s": 4.5}, "llm"),
 ]
 
 
@@ -206,6 +213,9 @@ def test_python_and_toml_accept_the_same_values_into_the_same_graph(tmp_path, gr
     if kind == "fn":  # the file's function is imported from fns.py: compare everything else
         assert dataclasses.replace(a, fn=echo, ref="") == dataclasses.replace(b, fn=echo, ref="")
         assert (b.ref, a.timeout_s) == ("fns:echo", 1.0)
+    elif a.steps == "auto":
+        assert a == b
+        assert (b.steps, b.step_scale_s) == ("auto", 4.5)
     else:
         assert a == b
         assert (a.timeout_s, a.max_tokens, a.steps, a.sim["output_tokens"]) == (
