@@ -28,7 +28,7 @@ g.connect("editor", g.output("out"))
 
 stair = sf.run(g, "List three colours.", virtual_clock=True)
 normal = sf.run(g, "List three colours.", virtual_clock=True, mode="normal")
-chunks = [e.data["text"] for e in stair.trace.of("chunk") if e.data["edge"] == ["writer", "editor"]]
+chunks = [e.data["text"] for e in stair.trace.of("chunk") if e.data["edge"] == ("writer", "editor")]
 for i, text in enumerate(chunks):
     print(f"[simulated] chunk {i}: {text[:50]!r}")
 print(f"[simulated] TTFT {stair.ttft_s:.2f} s cut at list items, {normal.ttft_s:.2f} s waiting "

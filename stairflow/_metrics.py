@@ -47,16 +47,16 @@ class Report:
     @classmethod
     def from_trace(cls, trace: Trace) -> Report:
         meta = trace.meta
-        outputs = trace.of("output")
-        first = next((e.t for e in outputs if e.data["text"]), None)
+        texts = [(t, data["text"]) for t, _, _, data in trace.rows(("output",))]
+        first = next((t for t, text in texts if text), None)
         end = trace.of("run_end")
         total = end[-1].t if end else (trace.events[-1].t if trace.events else 0.0)
-        out_tokens = sum(
-            e.data["tokens"] for e in trace.of("chunk") if e.data["edge"][1] == meta["output"]
-        )
-        # one pass over the events: asking the trace per node would cost nodes x events
+        out_tokens = sum(data["tokens"] for _, _, _, data in trace.rows(("chunk",))
+                         if data["edge"][1] == meta["output"])
+        # one pass over the events a node's report reads: asking the trace per node would
+        # cost nodes x events
         by: dict[tuple[str, str | None], list[Event]] = defaultdict(list)
-        for event in trace.events:
+        for event in trace.of_kinds(_NODE_KINDS):
             by[(event.kind, event.node)].append(event)
         nodes = {name: _node(by, name) for name in meta["nodes"]}
         return cls(
@@ -64,7 +64,7 @@ class Report:
             mode=meta["mode"],
             backend=meta["backend"],
             simulated=meta["simulated"],
-            output="".join(e.data["text"] for e in outputs),
+            output="".join(text for _, text in texts),
             ttft_s=first,
             total_s=total,
             output_tokens=out_tokens,
@@ -81,6 +81,10 @@ class Report:
         out.pop("trace")
         out["nodes"] = {k: asdict(v) for k, v in self.nodes.items()}
         return out
+
+
+_NODE_KINDS = frozenset({"first_token", "node_end", "node_error", "node_cancel", "request_end",
+                         "request_cancel", "request_sent"})
 
 
 def _node(by: Mapping[tuple[str, str | None], list[Event]], name: str) -> NodeReport:

@@ -117,9 +117,14 @@ class Inbox:
 
     def ready(self) -> bool:
         """The join holds, or nothing more will ever arrive."""
-        cands = self._candidates()
-        pending = sum(1 for p in cands if self._is_pending(p))
-        return not cands or self.join.satisfied(pending, len(cands))
+        candidates = pending = 0  # one pass, no list: this runs at every arrival
+        for p in self._ports.values():
+            if p.pending_chunks > 0 or p.ended_pending:
+                candidates += 1
+                pending += 1
+            elif not p.ended:
+                candidates += 1
+        return not candidates or self.join.satisfied(pending, candidates)
 
     def wait_deadline(self, ready_since: float) -> float | None:
         """When a straggler timeout lets the node proceed anyway (None: never)."""

@@ -58,6 +58,7 @@ class Emitter:
         self._unyielded = 0  # tokens emitted since the last checkpoint
         self._lock = trio.StrictFIFOLock()
         self._wake = trio.Event()
+        self._now = trace.clock  # read at every token
         self.timed = any(type(o.edge.trigger).deadline is not Trigger.deadline for o in self.outs)
 
     @property
@@ -73,11 +74,11 @@ class Emitter:
         await out.sink.put(out.edge.src, piece)
         t0 = self.trace.t0
         self.trace.record(
-            "chunk", self.node, edge=[out.edge.src, out.edge.dst], index=out.sent,
+            "chunk", self.node, edge=(out.edge.src, out.edge.dst), index=out.sent,
             text=piece.text, tokens=piece.tokens, last=piece.last,
             first_token_s=None if piece.first_token_s is None else piece.first_token_s - t0,
             last_token_s=None if piece.last_token_s is None else piece.last_token_s - t0,
-            token_ends=list(piece.ends),
+            token_ends=piece.ends,
         )
         out.sent += 1
 
@@ -87,7 +88,7 @@ class Emitter:
         return NodeError(self.node, f"edge {edge.src} -> {edge.dst}: {exc}")
 
     async def emit(self, token: str) -> None:
-        now = trio.current_time()
+        now = self._now()
         if self.timed:
             async with self._lock:  # taken first: a cancel while waiting for it loses nothing
                 self._parts.append(token)

@@ -38,7 +38,7 @@ def words(text: str) -> int:
 
 
 def chunk_texts(report: sf.Report, src: str, dst: str) -> list[str]:
-    return [e.data["text"] for e in report.trace.of("chunk") if e.data["edge"] == [src, dst]]
+    return [e.data["text"] for e in report.trace.of("chunk") if e.data["edge"] == (src, dst)]
 
 
 def test_moa_ttft_matches_the_closed_form_and_beats_the_paper():

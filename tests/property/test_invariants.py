@@ -473,7 +473,7 @@ def test_10_a_slow_consumer_bounds_what_is_buffered_on_its_edges(g, cap):
     # buffer)
     queued, busy = 0, False
     for e in report.trace.events:
-        if e.kind == "chunk" and e.data["edge"] == [last, "slow"]:
+        if e.kind == "chunk" and e.data["edge"] == (last, "slow"):
             queued += 1
             assert not busy or queued <= cap, f"{queued} chunks queued with edge_buffer={cap}"
         elif e.kind == "step_start" and e.node == "slow":
@@ -483,6 +483,6 @@ def test_10_a_slow_consumer_bounds_what_is_buffered_on_its_edges(g, cap):
             busy = False
     # and the bound really held the producer back: it could not finish while 'slow' slept
     steps = report.trace.of("step_start", "slow")
-    produced = sum(1 for e in report.trace.of("chunk") if e.data["edge"] == [last, "slow"])
+    produced = sum(1 for e in report.trace.of("chunk") if e.data["edge"] == (last, "slow"))
     if produced > steps[0].data["consumed"].get(last, 0) + cap:
         assert report.nodes[last].done_s >= 30

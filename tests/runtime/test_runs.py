@@ -151,7 +151,7 @@ def test_interval_trigger_cuts_by_time():
     g.connect("b", g.output("o"))
     report = run_virtual(g)
     first = report.nodes["a"].ttft_s
-    chunks = [e for e in report.trace.of("chunk") if e.data["edge"] == ["a", "b"]]
+    chunks = [e for e in report.trace.of("chunk") if e.data["edge"] == ("a", "b")]
     # 8 tokens/s, token k at first + k/8 (k = 0..19). A chunk holds every token that arrived
     # up to and including its deadline, 1 s after its own first token: tokens 0-8 (cut at
     # first + 1), 9-17 (first token at 9/8, cut at 17/8), then the last two at the end (19/8).
@@ -396,7 +396,7 @@ def test_a_step_cut_when_its_inputs_end_never_loses_a_token_on_the_way():
         backend = Gated()
         async with sf.open_run(g, "q", backend=backend) as run:
             def on(e: sf.Event) -> None:
-                if e.kind == "chunk" and e.data["edge"] == ["A", "C"] and e.data["last"]:
+                if e.kind == "chunk" and e.data["edge"] == ("A", "C") and e.data["last"]:
                     backend.go.set()
             run.trace.listeners.append(on)
         return run.report()

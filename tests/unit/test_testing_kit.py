@@ -193,7 +193,7 @@ def edit(report: sf.Report, kind: str, match: Any, **data: Any) -> None:
 
 
 def on(src: str, dst: str, index: int) -> Any:
-    return lambda e: e.data["edge"] == [src, dst] and e.data["index"] == index
+    return lambda e: e.data["edge"] == (src, dst) and e.data["index"] == index
 
 
 def test_each_check_names_the_invariant_and_where_it_broke():
@@ -207,7 +207,7 @@ def test_each_check_names_the_invariant_and_where_it_broke():
         check_conservation(broken)
 
     broken = run_virtual(g)
-    texts = [e.data["text"] for e in broken.trace.of("chunk") if e.data["edge"] == ["a", "b"]]
+    texts = [e.data["text"] for e in broken.trace.of("chunk") if e.data["edge"] == ("a", "b")]
     edit(broken, "chunk", on("a", "b", 0), text=texts[0] + texts[1])  # one sentence too many
     edit(broken, "chunk", on("a", "b", 1), text="")
     with pytest.raises(InvariantError, match=r"^trigger conformance: edge a -> b \(sentence\): "
@@ -268,7 +268,7 @@ def test_interval_cuts_are_checked_against_their_deadline():
     g = small_graph(sf.interval(1.0))
     report = run_virtual(g)
     check_run(report, g)
-    chunks = [e for e in report.trace.of("chunk") if e.data["edge"] == ["a", "b"]]
+    chunks = [e for e in report.trace.of("chunk") if e.data["edge"] == ("a", "b")]
     assert len(chunks) > 2
     # as if the ticker never ran: every token in one chunk, long after its deadline
     edit(report, "chunk", on("a", "b", 0), last_token_s=chunks[-1].data["last_token_s"])
