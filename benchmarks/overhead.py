@@ -1,13 +1,16 @@
 """Scheduler overhead: what stairflow itself costs, without a model.
 
-    python benchmarks/overhead.py [--runs 1000] [--real-runs 200]
+    python benchmarks/overhead.py [--runs 1000] [--real-runs 1000] [--skip-hops]
 
 1. Hops: tokens through a chain of pass-through fn nodes against a bare Trio memory-channel
    pipeline doing the same hops (wall clock): one token per chunk, and chunks of 32 tokens
    through 10 nodes (tokens per second).
 2. Concurrent runs: ``--runs`` simulated `moa` runs in one process, in virtual time (wall
    time and time per run), and ``--real-runs`` of them in real time against the simulated
-   backend (TTFT p50/p99 against the one-run TTFT, memory per run).
+   backend (TTFT p50/p99 against the one-run TTFT, memory per run). The virtual-time runs
+   go twice: with Python's default cycle-collector settings, and with the threshold
+   docs/performance.md suggests for a process holding many runs; the time the collector
+   took is printed with each.
 
 Graph scale (10 to 10,000 nodes) is `benchmarks/scale.py`. Everything here is simulated.
 """
@@ -15,11 +18,13 @@ Graph scale (10 to 10,000 nodes) is `benchmarks/scale.py`. Everything here is si
 from __future__ import annotations
 
 import argparse
+import gc
 import resource
 import statistics
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 
 import trio
 import trio.testing
@@ -27,6 +32,8 @@ import trio.testing
 import stairflow as sf
 
 TOKENS = 5000
+# what docs/performance.md suggests for a process running many runs at once
+GC_THRESHOLD = (50_000, 20, 20)
 
 
 def source(tokens: int) -> object:
@@ -83,6 +90,26 @@ async def bare_pipeline(depth: int, tokens: int = TOKENS) -> None:
                 await first_send.send(f" t{i}")
 
 
+@contextmanager
+def gc_time() -> Iterator[dict[str, float]]:
+    """Seconds spent in Python's cycle collector while the block runs, and its full passes."""
+    spent = {"s": 0.0, "full": 0}
+    started = [0.0]
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            spent["s"] += time.perf_counter() - started[0]
+            spent["full"] += info["generation"] == 2
+
+    gc.callbacks.append(watch)
+    try:
+        yield spent
+    finally:
+        gc.callbacks.remove(watch)
+
+
 def timed(fn: object) -> float:
     start = time.perf_counter()
     fn()  # type: ignore[operator]
@@ -108,9 +135,12 @@ def hops() -> None:
     tokens = 32 * 2000
     for chunk in (32, 1):
         g = chain(10, tokens, chunk).build()
-        s = min(timed(lambda g=g: sf.run(g, "go")) for _ in range(2))
-        print(f"{tokens} tokens through 10 pass-through nodes in {chunk}-token chunks: "
-              f"{s:.2f} s, {tokens / s:,.0f} tokens/s")
+        best = min((timed(lambda g=g: sf.run(g, "go")), i) for i in range(5))[0]
+        with gc_time() as collector:
+            sf.run(g, "go")
+        print(f"{tokens} tokens through 10 pass-through nodes in {chunk}-token chunks, best of "
+              f"5: {best:.2f} s, {tokens / best:,.0f} tokens/s (the cycle collector: "
+              f"{collector['s']:.2f} s of one run)")
 
 
 async def _moa_run(graph: sf.FrozenGraph, ttfts: list[float]) -> None:
@@ -125,6 +155,26 @@ async def _many(graph: sf.FrozenGraph, runs: int, ttfts: list[float]) -> None:
             nursery.start_soon(_moa_run, graph, ttfts)
 
 
+def _rss_kib() -> int:
+    """The process's resident memory now, in KiB (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() // 1024
+
+
+async def _many_sampled(graph: sf.FrozenGraph, runs: int, ttfts: list[float],
+                        peak: list[int]) -> None:
+    """`_many`, sampling resident memory every 50 ms into ``peak[0]`` (its highest)."""
+    async with trio.open_nursery() as nursery:
+        async def sample() -> None:
+            while True:
+                peak[0] = max(peak[0], _rss_kib())
+                await trio.sleep(0.05)
+
+        nursery.start_soon(sample)
+        await _many(graph, runs, ttfts)
+        nursery.cancel_scope.cancel()
+
+
 def concurrent(runs: int, real_runs: int) -> None:
     moa = sf.resolve_graph("moa")
     one = sf.run(moa, None, virtual_clock=True).ttft_s or 0.0
@@ -133,29 +183,43 @@ def concurrent(runs: int, real_runs: int) -> None:
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     print(f"\n[simulated] memory of one moa run, trace included: {peak / 1024:.0f} KiB peak")
-    # real time first: the peak memory it adds is its own
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss0 = _rss_kib()
     ttfts: list[float] = []
+    peak = [rss0]
     start = time.perf_counter()
-    trio.run(_many, moa, real_runs, ttfts)
+    trio.run(_many_sampled, moa, real_runs, ttfts, peak)
     wall = time.perf_counter() - start
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     q = statistics.quantiles(ttfts, n=100)
     print(f"[simulated] {real_runs} concurrent moa runs in real time: {wall:.1f} s wall; TTFT "
           f"p50 {q[49]:.3f} s, p99 {q[98]:.3f} s (one run alone: {one:.3f} s; above it, the "
-          f"process is short of CPU); peak RSS grew {(rss - rss0) / real_runs:.0f} KiB per run")
-    ttfts = []
-    start = time.perf_counter()
-    trio.run(_many, moa, runs, ttfts, clock=trio.testing.MockClock(autojump_threshold=0))
-    wall = time.perf_counter() - start
-    print(f"[simulated] {runs} concurrent moa runs in one process, virtual time: {wall:.1f} s "
-          f"wall, {wall / runs * 1000:.0f} ms per run (TTFT {statistics.median(ttfts):.3f} s each)")
+          f"process is short of CPU); resident memory grew {(peak[0] - rss0) / real_runs:.0f} "
+          "KiB per run at most")
+    for label, threshold in (("Python's default collector settings", None),
+                             (f"gc.set_threshold({GC_THRESHOLD[0]:_})", GC_THRESHOLD)):
+        ttfts = []
+        default = gc.get_threshold()
+        if threshold is not None:
+            gc.set_threshold(*threshold)
+        start = time.perf_counter()
+        try:
+            with gc_time() as collector:
+                trio.run(_many, moa, runs, ttfts,
+                         clock=trio.testing.MockClock(autojump_threshold=0))
+        finally:
+            gc.set_threshold(*default)
+        wall = time.perf_counter() - start
+        print(f"[simulated] {runs} concurrent moa runs in one process, virtual time, {label}: "
+              f"{wall:.1f} s wall, {wall / runs * 1000:.0f} ms per run (TTFT "
+              f"{statistics.median(ttfts):.3f} s each); of which the cycle collector "
+              f"{collector['s']:.1f} s ({collector['full']:.0f} full passes)")
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=1000, help="concurrent runs in virtual time")
-    ap.add_argument("--real-runs", type=int, default=200, help="concurrent runs in real time")
+    ap.add_argument("--real-runs", type=int, default=1000, help="concurrent runs in real time")
+    ap.add_argument("--skip-hops", action="store_true", help="only the concurrent runs")
     args = ap.parse_args()
-    hops()
+    if not args.skip_hops:
+        hops()
     concurrent(args.runs, args.real_runs)

@@ -22,13 +22,16 @@ __all__ = ["wait_until"]
 
 
 class _Waiter:
-    __slots__ = ("alive", "at", "seq", "task")
+    """One parked stream; it is also its own abort function (no closure per token)."""
 
-    def __init__(self, at: float, seq: int, task: trio.lowlevel.Task) -> None:
-        self.at, self.seq, self.task, self.alive = at, seq, task, True
+    __slots__ = ("alarm", "alive", "at", "task")
 
-    def __lt__(self, other: _Waiter) -> bool:
-        return (self.at, self.seq) < (other.at, other.seq)
+    def __init__(self, at: float, task: trio.lowlevel.Task, alarm: _Alarm) -> None:
+        self.at, self.task, self.alarm, self.alive = at, task, alarm, True
+
+    def __call__(self, _: object) -> trio.lowlevel.Abort:
+        self.alarm.drop(self)
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 class _Alarm:
@@ -36,13 +39,15 @@ class _Alarm:
     behind) and the next wait starts a new one."""
 
     def __init__(self) -> None:
-        self.heap: list[_Waiter] = []
+        # (when, order of arrival, waiter): compared in C, not by a Python method
+        self.heap: list[tuple[float, int, _Waiter]] = []
         self.seq = itertools.count()
         self.scope = trio.CancelScope()
         self.live = 0  # waiters neither woken nor cancelled
+        self.now = trio.lowlevel.current_clock().current_time
 
     def add(self, waiter: _Waiter) -> None:
-        heapq.heappush(self.heap, waiter)
+        heapq.heappush(self.heap, (waiter.at, next(self.seq), waiter))
         self.live += 1
         if waiter.at < self.scope.deadline:
             self.scope.deadline = waiter.at
@@ -55,12 +60,12 @@ class _Alarm:
 
     async def run(self) -> None:
         while self.live:
-            with trio.CancelScope(deadline=self.heap[0].at) as scope:
+            with trio.CancelScope(deadline=self.heap[0][0]) as scope:
                 self.scope = scope
                 await trio.sleep_forever()
             now = trio.current_time()
-            while self.heap and self.heap[0].at <= now:
-                waiter = heapq.heappop(self.heap)
+            while self.heap and self.heap[0][0] <= now:
+                waiter = heapq.heappop(self.heap)[2]
                 if waiter.alive:
                     waiter.alive = False
                     self.live -= 1
@@ -83,15 +88,12 @@ def _alarm() -> _Alarm:
 
 async def wait_until(deadline: float) -> None:
     """Like ``trio.sleep_until``, without an exception per sleep (see the module docs)."""
-    if deadline <= trio.current_time():
+    alarm = _ALARM.get()
+    if deadline <= (alarm.now() if alarm is not None else trio.current_time()):
         await trio.lowlevel.checkpoint()
         return
-    alarm = _alarm()
-    waiter = _Waiter(deadline, next(alarm.seq), trio.lowlevel.current_task())
+    if alarm is None:
+        alarm = _alarm()
+    waiter = _Waiter(deadline, trio.lowlevel.current_task(), alarm)
     alarm.add(waiter)
-
-    def abort(_: object) -> trio.lowlevel.Abort:
-        alarm.drop(waiter)
-        return trio.lowlevel.Abort.SUCCEEDED
-
-    await trio.lowlevel.wait_task_rescheduled(abort)
+    await trio.lowlevel.wait_task_rescheduled(waiter)

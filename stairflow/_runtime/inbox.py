@@ -61,10 +61,14 @@ class LiveInbox:
             self.core.drop(name, self._clock())
             self._notify()
 
-    async def next_step(self, pays: Callable[[Step], bool] | None = None) -> Step:
+    async def next_step(self, pays: Callable[[Step], bool] | None = None,
+                        settled: bool = True) -> Step:
         """Wait until the join holds (or a straggler timeout passes), then take the step.
         With ``pays``, a step before every input has ended is taken only if ``pays`` says so
-        about it (see `stairflow._core.policy`); otherwise the node waits for more input."""
+        about it (see `stairflow._core.policy`); otherwise the node waits for more input.
+        ``settled=False``: in virtual time, do not wait for everything due at this instant
+        first (the output node: it passes text on, and chunks of one instant may as well
+        come in two steps as in one)."""
         self.waiting = True
         if self._space:
             self._space.unpark_all()
@@ -80,7 +84,7 @@ class LiveInbox:
                         break
                     with trio.move_on_at(deadline):
                         await self._changed.park()
-                if self._virtual:  # `settle`, without a coroutine per step in real time
+                if self._virtual and settled:  # `settle`, without a coroutine in real time
                     await settle(True)
                 if pays is None or self.core.all_ended or pays(self.core.peek()):
                     return self.core.consume(self._clock())

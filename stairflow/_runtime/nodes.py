@@ -40,7 +40,7 @@ async def run_input(run: Run, name: str) -> None:
 async def run_output(run: Run, name: str) -> None:
     inbox = run.inboxes[name]
     while True:
-        step = await inbox.next_step()
+        step = await inbox.next_step(settled=False)  # one wake-up per chunk, not two
         text = "".join(step.new.values())
         if text:
             run.trace.record("output", name, text=text)
