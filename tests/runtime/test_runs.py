@@ -55,17 +55,23 @@ def test_max_tokens_caps_a_node():
     assert report.nodes["b"].tokens == 5
 
 
+class Spy(sf.SimBackend):
+    """The simulator, keeping every request it is sent."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.seen: list[sf.Request] = []
+
+    def open_stream(self, request):  # type: ignore[no-untyped-def]
+        self.seen.append(request)
+        return super().open_stream(request)
+
+
 def test_each_step_continues_the_answer_so_far():
-    seen: list[sf.Request] = []
-
-    class Spy(sf.SimBackend):
-        def open_stream(self, request):  # type: ignore[no-untyped-def]
-            seen.append(request)
-            return super().open_stream(request)
-
     g = chain(steps=[2], sim={"output_tokens": 6}).build()
-    run_virtual(g, "hi", backend=Spy.for_graph(g))
-    b = [r for r in seen if r.node == "b"]
+    backend = Spy.for_graph(g)
+    run_virtual(g, "hi", backend=backend)
+    b = [r for r in backend.seen if r.node == "b"]
     # the third step is cut before its first token, when a ends: the final one starts there
     assert [r.position for r in b] == [0, 2, 4, 4]
     assert b[0].prefix == ""
@@ -74,19 +80,12 @@ def test_each_step_continues_the_answer_so_far():
 
 
 def test_auto_steps_are_sized_from_the_rates_and_each_prompt():
-    seen: list[sf.Request] = []
-
-    class Spy(sf.SimBackend):
-        def open_stream(self, request):  # type: ignore[no-untyped-def]
-            seen.append(request)
-            return super().open_stream(request)
-
     moa = sf.resolve_graph("moa")
     g = dataclasses.replace(moa, nodes={**moa.nodes, "agg": dataclasses.replace(
         moa.nodes["agg"], steps="auto", step_scale_s=8.0)})
     backend = Spy.for_graph(g)
     run_virtual(g, None, backend=backend)
-    agg = [r for r in seen if r.node == "agg"]
+    agg = [r for r in backend.seen if r.node == "agg"]
     rates = backend.rates("agg")
     # paper timing: 50 ms + prompt/4000 s of fixed cost, 60 tokens/s: sqrt(2 c 8) s of writing
     want = [math.ceil(60 * math.sqrt(16 * (0.05 + rates.count(r.messages, r.prefix) / 4000)))
@@ -98,15 +97,9 @@ def test_auto_steps_are_sized_from_the_rates_and_each_prompt():
 
 
 def test_auto_steps_without_rates_take_a_growing_schedule():
-    seen: list[sf.Request] = []
-
-    class NoRates(sf.SimBackend):
+    class NoRates(Spy):
         def rates(self, node: str) -> None:  # type: ignore[override]
             return None
-
-        def open_stream(self, request):  # type: ignore[no-untyped-def]
-            seen.append(request)
-            return super().open_stream(request)
 
     g = sf.Graph("long", sim=FAST)
     g.input("q")
@@ -115,8 +108,9 @@ def test_auto_steps_without_rates_take_a_growing_schedule():
     g.connect("q", "a")
     g.connect("a", "b", sf.tokens(4))
     g.connect("b", g.output("out"))
-    run_virtual(g, "hi", backend=NoRates.for_graph(g.build()))
-    assert [r.max_tokens for r in seen if r.node == "b"][:4] == [32, 64, 128, 128]
+    backend = NoRates.for_graph(g.build())
+    run_virtual(g, "hi", backend=backend)
+    assert [r.max_tokens for r in backend.seen if r.node == "b"][:4] == [32, 64, 128, 128]
 
 
 def test_join_any_and_quorum_and_straggler_timeout():
