@@ -153,9 +153,9 @@ class LLMSettings(TypedDict, total=False):
             "(sized from the backend's rates)"),
     ]
     step_scale_s: Annotated[
-        Positive,
-        Fix("use a number of seconds > 0 (default 16): with steps = 'auto', larger makes "
-            "fewer, longer steps"),
+        Positive, Field(le=1e6),
+        Fix("use a number of seconds above 0 and at most 1e6 (default 16): with steps = "
+            "'auto', larger makes fewer, longer steps"),
     ]
     join: JoinSetting
     on_error: Annotated[Literal["fail", "drop"], Fix("use 'fail' or 'drop'")]

@@ -117,13 +117,19 @@ class _Events(MutableSequence[Event]):
 
     __hash__ = None  # type: ignore[assignment]
 
+    def copy(self) -> list[Event]:
+        """The events as a new list (as ``list.copy``)."""
+        return list(self)
+
+    __copy__ = copy
+
     def __repr__(self) -> str:
         return repr(list(self))
 
 
 class Trace:
     """An append-only sequence of events (``events``, a list-like of `Event`); ``listeners``
-    are called with each new one, ``wake`` (if set) without it."""
+    are called with each new one, ``wakers`` without it (cheaper: no `Event` is built)."""
 
     def __init__(self, clock: Callable[[], float], meta: Mapping[str, Any] | None = None) -> None:
         self.clock = clock
@@ -131,7 +137,7 @@ class Trace:
         self._events = _Events()
         self.meta: dict[str, Any] = dict(meta or {})
         self.listeners: list[Callable[[Event], None]] = []
-        self.wake: Callable[[], None] | None = None
+        self.wakers: list[Callable[[], None]] = []  # called after each event, without it
 
     @property
     def events(self) -> MutableSequence[Event]:
@@ -156,8 +162,8 @@ class Trace:
             event = events[-1]
             for listener in self.listeners:
                 listener(event)
-        if self.wake is not None:
-            self.wake()
+        for wake in self.wakers:
+            wake()
 
     def __iter__(self) -> Iterator[Event]:
         return iter(self._events)

@@ -27,10 +27,12 @@ class _Waiter:
     __slots__ = ("alarm", "alive", "at", "task")
 
     def __init__(self, at: float, task: trio.lowlevel.Task, alarm: _Alarm) -> None:
-        self.at, self.task, self.alarm, self.alive = at, task, alarm, True
+        self.at, self.task, self.alive = at, task, True
+        self.alarm: _Alarm | None = alarm  # until woken or dropped
 
     def __call__(self, _: object) -> trio.lowlevel.Abort:
-        self.alarm.drop(self)
+        if self.alarm is not None:
+            self.alarm.drop(self)
         return trio.lowlevel.Abort.SUCCEEDED
 
 
@@ -54,6 +56,7 @@ class _Alarm:
 
     def drop(self, waiter: _Waiter) -> None:
         waiter.alive = False
+        waiter.alarm = None  # no cycle alarm -> heap -> waiter -> alarm left behind
         self.live -= 1
         if not self.live:
             self.scope.cancel()  # wake up, and end
@@ -68,8 +71,10 @@ class _Alarm:
                 waiter = heapq.heappop(self.heap)[2]
                 if waiter.alive:
                     waiter.alive = False
+                    waiter.alarm = None
                     self.live -= 1
                     trio.lowlevel.reschedule(waiter.task)
+        self.heap.clear()  # cancelled waiters not due yet
         _ALARM.set(None)
 
 

@@ -145,4 +145,5 @@ def auto_budget(rates: Rates, *, prompt_tokens: int, scale_s: float) -> int:
     quick to start a request, and long when re-reading the context is dear (a slow prefill, a
     remote endpoint's latency), whatever the server."""
     fixed = rates.latency_s + prompt_tokens / rates.prefill_tps
-    return max(1, math.ceil(rates.decode_tps * math.sqrt(2 * fixed * scale_s)))
+    tokens = rates.decode_tps * math.sqrt(2 * fixed * scale_s)
+    return max(1, math.ceil(min(tokens, 1e12)))  # the node's max_tokens caps it anyway

@@ -86,7 +86,7 @@ class Run:
         self._scope = trio.CancelScope()
         self._nodes_scope = trio.CancelScope()
         self._new_event = trio.lowlevel.ParkingLot()  # event iterators waiting
-        self.trace.wake = self._on_event
+        self.trace.wakers.append(self._on_event)
 
     def rates_for(self, node: str) -> Rates | None:
         """The backend's rates for ``node``, if it knows them (the simulator does)."""

@@ -77,5 +77,7 @@ def test_an_auto_step_writes_for_the_root_of_twice_its_fixed_cost_times_the_scal
     # four times the fixed cost (a prompt of 496 tokens) makes a step twice as long
     assert auto_budget(r, prompt_tokens=496, scale_s=12.5) == 80
     assert auto_budget(r, prompt_tokens=497, scale_s=12.5) == 81  # rounded up
+    assert auto_budget(Rates(1e-3, 1e9, count_tokens), prompt_tokens=10**9,
+                       scale_s=1e300) == 10**12  # no overflow
     # and at least one token, however quick the server
     assert auto_budget(Rates(1e9, 8, count_tokens), prompt_tokens=1, scale_s=1e-9) == 1

@@ -30,8 +30,8 @@ SIM_FIX = "use a number of output tokens per second from 0.001 to 1e+09"
 WHOLE_TOKENS = f"use a whole number from 0 to {MAX_SIM_OUTPUT_TOKENS}"
 STEPS_FIX = ("use a whole number >= 1, a non-empty list of them like [32, 64], or 'auto' (sized "
              "from the backend's rates)")
-SCALE_FIX = ("use a number of seconds > 0 (default 16): with steps = 'auto', larger makes fewer, "
-             "longer steps")
+SCALE_FIX = ("use a number of seconds above 0 and at most 1e6 (default 16): with steps = 'auto', "
+             "larger makes fewer, longer steps")
 LLM_TIMEOUT = ("use the most seconds one model request may take (> 0), or leave it out for the "
                "backend's default")
 FN_TIMEOUT = ("use the most seconds the whole fn node may take (> 0), or leave it out for no "
@@ -132,6 +132,7 @@ CASES = [
     ({}, {"steps": "Auto"}, "llm", f"{NODE}: steps='Auto'; {STEPS_FIX}"),
     ({}, {"steps": "auto", "step_scale_s": 0}, "llm", f"{NODE}: step_scale_s=0; {SCALE_FIX}"),
     ({}, {"step_scale_s": "16"}, "llm", f"{NODE}: step_scale_s='16'; {SCALE_FIX}"),
+    ({}, {"step_scale_s": 1e308}, "llm", f"{NODE}: step_scale_s=1e+308; {SCALE_FIX}"),
     ({}, {"join": "most"}, "llm", f"{NODE}: unknown join 'most'; {JOIN_HINT}"),
     ({}, {"join": {"quorum": True}}, "llm", f"{NODE}: quorum(True): k must be a whole number >= 1"),
     ({}, {"on_error": "ignore"}, "llm", f"{NODE}: on_error='ignore'; use 'fail' or 'drop'"),
