@@ -29,6 +29,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, overload
 
+from ._chrome import to_chrome
+
 __all__ = ["Event", "Trace"]
 
 
@@ -190,6 +192,12 @@ class Trace:
 
     def to_json(self) -> dict[str, Any]:
         return {"meta": self.meta, "events": [e.to_dict() for e in self._events]}
+
+    def to_chrome(self) -> dict[str, Any]:
+        """The trace in the Chrome trace-event format (a JSON object) for ui.perfetto.dev and
+        chrome://tracing: a thread per node with its steps and requests, and a flow per
+        chunk from the producer to the step that took it (see `stairflow._chrome`)."""
+        return to_chrome(self.to_json())
 
     def write(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")

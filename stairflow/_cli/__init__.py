@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from .._errors import ConfigError, RunError, StairflowError
-from . import graphs, local, run
+from . import graphs, local, run, trace
 from .common import Parser
 
 __all__ = ["main"]
@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_parser(sub)
     graphs.add_parsers(sub)
     local.add_parsers(sub)
+    trace.add_parsers(sub)
     return p
 
 

@@ -27,6 +27,7 @@ from .._metrics import Report
 from .._runtime.run import Run, open_run
 from .._settings import parse_sim
 from .common import GRAPH_HELP
+from .trace import TRACE_FORMATS, write_trace
 
 __all__ = ["add_parser"]
 
@@ -69,6 +70,9 @@ def add_parser(sub: Any) -> None:
                         "p3.decode_tps=10 or --sim latency_s=0.2; repeatable")
     r.add_argument("--trace", metavar="FILE", help="write the run's trace as JSON (also when "
                                                    "the run fails)")
+    r.add_argument("--trace-format", choices=TRACE_FORMATS, default="stairflow",
+                   help="the trace file's format: stairflow's events (default) or chrome "
+                        "(Chrome trace events, for ui.perfetto.dev and chrome://tracing)")
     r.add_argument("--json", action="store_true", help="print one JSON report instead")
     r.set_defaults(handler=_run)
 
@@ -164,9 +168,9 @@ def _summary(report: Report) -> str:
     return "\n".join(lines)
 
 
-def _write_trace(run: Run, path: Path) -> None:
+def _write_trace(run: Run, path: Path, fmt: str) -> None:
     data = redact_data(run.trace.to_json(), run.secrets)
-    path.write_text(json.dumps(data, indent=1) + "\n")
+    write_trace(data, path, fmt)
 
 
 def _run(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
@@ -201,7 +205,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> i
                           "--base-url URL --model M") from None
     finally:
         if trace_path is not None and runs:
-            _write_trace(runs[0], trace_path)
+            _write_trace(runs[0], trace_path, args.trace_format)
         elif trace_path is not None:  # the run never started: leave no placeholder behind
             trace_path.unlink(missing_ok=True)
     if args.json:

@@ -143,3 +143,53 @@ def test_backend_options_are_checked():
                               "/ base_url=)\n")
     code, _, err = cli("run", "moa", "--backend", "local", "--virtual-clock")
     assert code == 2 and "--virtual-clock and --sim need the simulated backend" in err
+
+
+def test_traces_for_perfetto_from_a_run_and_from_a_trace_file(tmp_path):
+    from tests.unit.test_chrome import check_chrome
+
+    ours, chrome = tmp_path / "t.json", tmp_path / "c.json"
+    code, _, err = cli("run", "moa", "--virtual-clock", "--json", "--trace", str(ours))
+    assert code == 0, err
+    code, out, err = cli("trace", "convert", str(ours), "-o", str(chrome))
+    assert code == 0, err
+    assert out.startswith(f"wrote {chrome}") and "ui.perfetto.dev" in out
+    converted = json.loads(chrome.read_text())
+    check_chrome(converted)
+    direct = tmp_path / "d.json"
+    code, _, err = cli("run", "moa", "--virtual-clock", "--json", "--trace", str(direct),
+                       "--trace-format", "chrome")
+    assert code == 0, err
+    def same(trace: dict) -> list[str]:  # events of one instant may come in another order
+        return sorted(json.dumps({k: v for k, v in e.items() if k != "id"}, sort_keys=True)
+                      for e in trace["traceEvents"])
+
+    assert same(json.loads(direct.read_text())) == same(converted)  # virtual time: the same
+    # a failing run's trace converts too
+    failed = tmp_path / "f.json"
+    code, _, _ = cli("run", str(failing_graph(tmp_path)), "--virtual-clock", "--trace",
+                     str(failed), "--trace-format", "chrome")
+    assert code == 1
+    check_chrome(json.loads(failed.read_text()))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read it"),
+        ("not json", "not JSON"),
+        ('{"meta": {}}', "not a stairflow trace"),
+        ('{"meta": {}, "events": [{"t": 0}]}', "not a stairflow trace"),
+        ('{"traceEvents": []}', "already a Chrome trace"),
+        ('{"meta": {"nodes": ["a"]}, "events": [{"t": 0, "kind": "chunk", "node": "a"}]}',
+         "an event is not as 'stairflow run --trace' writes it"),
+    ],
+)
+def test_converting_a_bad_trace_file_is_one_line_naming_it(tmp_path, content, message):
+    path = tmp_path / "in.json"
+    if content is not None:
+        path.write_text(content)
+    code, _, err = cli("trace", "convert", str(path), "-o", str(tmp_path / "out.json"))
+    assert code == 2
+    assert err.startswith(f"stairflow: error: {path}: {message}") and err.count("\n") == 1
+    assert not (tmp_path / "out.json").exists()
