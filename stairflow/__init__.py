@@ -26,7 +26,7 @@ from ._errors import (
 from ._graph import Edge, FnNode, FrozenGraph, Graph, InputNode, LLMNode, OutputNode
 from ._graphfile import bundled_graphs, load_graph, resolve_graph
 from ._joins import Join, join_all, join_any, quorum
-from ._metrics import NodeReport, Report
+from ._metrics import NodeReport, Read, Report
 from ._prompts import Message
 from ._runtime.inbox import Inputs
 from ._runtime.run import Run, open_run, run
@@ -91,6 +91,7 @@ __all__ = [
     "OpenAIBackend",
     "OutputNode",
     "Rates",
+    "Read",
     "Report",
     "Request",
     "Run",

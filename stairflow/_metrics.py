@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ._trace import Event, Trace
 
-__all__ = ["NodeReport", "Report"]
+__all__ = ["NodeReport", "Read", "Report"]
+
+
+@dataclass(frozen=True)
+class Read:
+    """How much of one input a node had taken in its steps when it ended: ``tokens`` of the
+    ``sent`` tokens that input sent it, and whether that was the input's whole answer."""
+
+    tokens: int
+    sent: int
+    whole: bool
 
 
 @dataclass(frozen=True)
@@ -21,6 +31,9 @@ class NodeReport:
     prompt_tokens: int
     cached_tokens: int
     error: str | None = None  # why it failed (a run that went on had dropped it)
+    # per input, what its steps had read (llm and fn nodes; staircase mode may end a node
+    # before it has read its inputs whole: the trade-off it makes for time)
+    read: Mapping[str, Read] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -58,7 +71,8 @@ class Report:
         by: dict[tuple[str, str | None], list[Event]] = defaultdict(list)
         for event in trace.of_kinds(_NODE_KINDS):
             by[(event.kind, event.node)].append(event)
-        nodes = {name: _node(by, name) for name in meta["nodes"]}
+        read = _read(trace)
+        nodes = {name: _node(by, name, read.get(name, {})) for name in meta["nodes"]}
         return cls(
             graph=meta["graph"],
             mode=meta["mode"],
@@ -87,7 +101,27 @@ _NODE_KINDS = frozenset({"first_token", "node_end", "node_error", "node_cancel",
                          "request_cancel", "request_sent"})
 
 
-def _node(by: Mapping[tuple[str, str | None], list[Event]], name: str) -> NodeReport:
+def _read(trace: Trace) -> dict[str, dict[str, Read]]:
+    """Per node and input: the tokens of the chunks its steps took, of all the input sent."""
+    sent: dict[tuple[str, str], list[tuple[int, bool]]] = defaultdict(list)
+    taken: dict[tuple[str, str], int] = defaultdict(int)
+    for _, kind, node, data in trace.rows(("chunk", "step_start")):
+        if kind == "chunk":
+            sent[(data["edge"][0], data["edge"][1])].append((data["tokens"], data["last"]))
+        elif node is not None:
+            for src, n in data["consumed"].items():
+                taken[(src, node)] += n
+    out: dict[str, dict[str, Read]] = defaultdict(dict)
+    for (src, dst), n in taken.items():
+        chunks = sent.get((src, dst), [])
+        took = chunks[:n]
+        out[dst][src] = Read(sum(t for t, _ in took), sum(t for t, _ in chunks),
+                             any(last for _, last in took))
+    return out
+
+
+def _node(by: Mapping[tuple[str, str | None], list[Event]], name: str,
+          read: Mapping[str, Read]) -> NodeReport:
     def of(kind: str) -> list[Event]:
         return by.get((kind, name), [])
 
@@ -103,4 +137,5 @@ def _node(by: Mapping[tuple[str, str | None], list[Event]], name: str) -> NodeRe
         prompt_tokens=sum(int(e.data.get("prompt_tokens", 0)) for e in requests),
         cached_tokens=sum(int(e.data.get("cached_tokens", 0)) for e in requests),
         error=next((str(e.data["error"]) for e in of("node_error")), None),
+        read=read,
     )

@@ -162,6 +162,12 @@ def _summary(report: Report) -> str:
               if n.ttft_s is not None and name in inner]
     if firsts:
         lines.append("first token (s): " + ", ".join(firsts))
+    partial = [f"{name} read " + ", ".join(f"{src} {r.tokens}/{r.sent}" for src, r in
+                                          n.read.items())
+               for name, n in report.nodes.items()
+               if not n.error and any(not r.whole for r in n.read.values())]
+    if partial:
+        lines.append("ended before its inputs did (tokens read/sent): " + "; ".join(partial))
     lost = [f"{name} ({n.error})" for name, n in report.nodes.items() if n.error]
     if lost:
         lines.append("dropped after an error: " + "; ".join(lost))

@@ -193,3 +193,12 @@ def test_converting_a_bad_trace_file_is_one_line_naming_it(tmp_path, content, me
     assert code == 2
     assert err.startswith(f"stairflow: error: {path}: {message}") and err.count("\n") == 1
     assert not (tmp_path / "out.json").exists()
+
+
+def test_the_summary_says_which_node_ended_before_its_inputs():
+    code, _, err = cli("run", "moa", "--virtual-clock")
+    assert code == 0
+    assert ("ended before its inputs did (tokens read/sent): agg read p1 376/440, p2 376/440, "
+            "p3 376/440") in err
+    code, _, err = cli("run", "moa", "--virtual-clock", "--mode", "normal")
+    assert "ended before" not in err

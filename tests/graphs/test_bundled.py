@@ -107,3 +107,17 @@ def test_chain_ttft_matches_the_closed_form():
               + until_first(improve(b_all)))
     assert math.isclose(s.ttft_s, stair, rel_tol=1e-12)
     assert math.isclose(n.ttft_s, normal, rel_tol=1e-12)
+
+
+def test_the_report_says_how_much_of_its_inputs_a_node_read():
+    stair = sf.run(sf.resolve_graph("moa"), None, virtual_clock=True)
+    normal = sf.run(sf.resolve_graph("moa"), None, virtual_clock=True, mode="normal")
+    # staircase: the aggregator ends at its 400 tokens, the proposers still writing
+    assert {src: (r.tokens, r.whole) for src, r in stair.nodes["agg"].read.items()} == {
+        p: (376, False) for p in ("p1", "p2", "p3")}
+    assert all(r.sent > r.tokens for r in stair.nodes["agg"].read.values())
+    assert {src: (r.tokens, r.sent, r.whole) for src, r in normal.nodes["agg"].read.items()} == {
+        p: (600, 600, True) for p in ("p1", "p2", "p3")}
+    assert stair.nodes["p1"].read == {"question": sf.Read(1, 1, True)}
+    assert stair.to_dict()["nodes"]["agg"]["read"]["p1"] == {"tokens": 376, "sent": 440,
+                                                             "whole": False}
