@@ -27,7 +27,7 @@ from .._metrics import Report
 from .._runtime.run import Run, open_run
 from .._settings import parse_sim
 from .common import GRAPH_HELP
-from .trace import TRACE_FORMATS, write_trace
+from .trace import TRACE_FORMATS, draw_picture, write_trace
 
 __all__ = ["add_parser"]
 
@@ -73,6 +73,9 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--trace-format", choices=TRACE_FORMATS, default="stairflow",
                    help="the trace file's format: stairflow's events (default) or chrome "
                         "(Chrome trace events, for ui.perfetto.dev and chrome://tracing)")
+    r.add_argument("--timeline", metavar="FILE",
+                   help="draw the run's timeline into FILE (.png, .svg, .pdf; needs "
+                        "'stairflow[plot]')")
     r.add_argument("--json", action="store_true", help="print one JSON report instead")
     r.set_defaults(handler=_run)
 
@@ -214,6 +217,8 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> i
             _write_trace(runs[0], trace_path, args.trace_format)
         elif trace_path is not None:  # the run never started: leave no placeholder behind
             trace_path.unlink(missing_ok=True)
+    if args.timeline:
+        draw_picture([redact_data(runs[0].trace.to_json(), runs[0].secrets)], args.timeline)
     if args.json:
         data = report.to_dict()
         data["virtual_clock"] = bool(args.virtual_clock)

@@ -1,4 +1,5 @@
-"""``stairflow trace convert``: a trace file written by ``run --trace``, in another format.
+"""``stairflow trace convert`` and ``stairflow timeline``: trace files written by ``run
+--trace``, in another format or as a picture.
 
 Also the writer ``run --trace`` uses, so both write the same formats the same way.
 """
@@ -13,6 +14,8 @@ from typing import Any, TextIO
 
 from .._chrome import to_chrome
 from .._errors import ConfigError
+from .._timeline import FORMATS as PICTURE_FORMATS
+from .._timeline import draw
 
 __all__ = ["TRACE_FORMATS", "add_parsers", "write_trace"]
 
@@ -29,6 +32,15 @@ def add_parsers(sub: Any) -> None:
                    help="the format to write: chrome (Chrome trace events, for "
                         "ui.perfetto.dev and chrome://tracing; the default)")
     c.set_defaults(handler=_convert)
+
+    d = sub.add_parser("timeline", help="draw runs' timelines (one lane per node) from their "
+                                        "traces")
+    d.add_argument("traces", nargs="+", metavar="TRACE",
+                   help="trace files written by 'stairflow run --trace FILE', drawn one above "
+                        "the other on one time axis (e.g. a staircase run and a normal one)")
+    d.add_argument("-o", "--output", required=True,
+                   help=f"the picture ({', '.join(PICTURE_FORMATS)}, from the suffix)")
+    d.set_defaults(handler=_timeline)
 
 
 def write_trace(data: Mapping[str, Any], path: Path, fmt: str) -> None:
@@ -60,6 +72,25 @@ def _read(path: str) -> dict[str, Any]:
                           "'events', each event with 't' and 'kind'); give a trace written by "
                           "'stairflow run --trace FILE'")
     return data
+
+
+def _timeline(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    traces = [_read(path) for path in args.traces]
+    path = draw_picture(traces, args.output)
+    print(f"wrote {path}", file=out)
+    return 0
+
+
+def draw_picture(traces: list[dict[str, Any]], output: str) -> Path:
+    """`draw`, with a file that cannot be written as a one-line error."""
+    try:
+        return draw(traces, output)
+    except OSError as exc:
+        raise ConfigError(f"-o {output}: cannot write there ({exc.strerror or exc}); give a "
+                          "file in an existing directory") from None
+    except (KeyError, TypeError, ValueError) as exc:  # well-formed JSON, broken events
+        raise ConfigError(f"an event is not as 'stairflow run --trace' writes it "
+                          f"({type(exc).__name__}: {exc})") from None
 
 
 def _convert(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
