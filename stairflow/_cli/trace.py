@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -76,34 +77,36 @@ def _read(path: str) -> dict[str, Any]:
 
 def _timeline(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     traces = [_read(path) for path in args.traces]
-    path = draw_picture(traces, args.output)
+    path = draw_picture(traces, args.output, ", ".join(args.traces))
     print(f"wrote {path}", file=out)
     return 0
 
 
-def draw_picture(traces: list[dict[str, Any]], output: str) -> Path:
-    """`draw`, with a file that cannot be written as a one-line error."""
+@contextmanager
+def _writing(output: str, source: str) -> Iterator[None]:
+    """A file that cannot be written, or events that are not a run's, as one-line errors."""
     try:
-        return draw(traces, output)
+        yield
     except OSError as exc:
         raise ConfigError(f"-o {output}: cannot write there ({exc.strerror or exc}); give a "
                           "file in an existing directory") from None
     except (KeyError, TypeError, ValueError) as exc:  # well-formed JSON, broken events
-        raise ConfigError(f"an event is not as 'stairflow run --trace' writes it "
+        raise ConfigError(f"{source}: an event is not as 'stairflow run --trace' writes it "
                           f"({type(exc).__name__}: {exc})") from None
+
+
+def draw_picture(traces: list[dict[str, Any]], output: str, source: str = "the trace") -> Path:
+    """`draw`, with its failures as one-line errors."""
+    with _writing(output, source):
+        return draw(traces, output)
+    raise AssertionError("unreachable")  # mypy: the context manager may swallow
 
 
 def _convert(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     data = _read(args.input)
     target = Path(args.output)
-    try:
+    with _writing(args.output, args.input):
         write_trace(data, target, args.to)
-    except OSError as exc:
-        raise ConfigError(f"-o {args.output}: cannot write there ({exc.strerror or exc}); give "
-                          "a file in an existing directory") from None
-    except (KeyError, TypeError, ValueError) as exc:  # well-formed JSON, broken events
-        raise ConfigError(f"{args.input}: an event is not as 'stairflow run --trace' writes "
-                          f"it ({type(exc).__name__}: {exc})") from None
     print(f"wrote {target} ({args.to}: open it in ui.perfetto.dev or chrome://tracing)",
           file=out)
     return 0
