@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from .._errors import ConfigError, RunError, StairflowError
-from . import graphs, local, run, trace
+from . import bench, graphs, local, run, trace
 from .common import Parser
 
 __all__ = ["main"]
@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     p = Parser(prog="stairflow", description="Low-latency multi-agent LLM graphs.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     run.add_parser(sub)
+    bench.add_parser(sub)
     graphs.add_parsers(sub)
     local.add_parsers(sub)
     trace.add_parsers(sub)
@@ -43,6 +44,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         extra[0] == "-" or not extra[0].startswith("-")
     ):
         args.prompt, extra = extra[0], []
+    if args.command == "bench" and extra and not any(x.startswith("-") for x in extra):
+        args.prompts, extra = [*args.prompts, *extra], []  # prompts given after options
     if extra:
         raise ConfigError(f"unrecognized arguments: {' '.join(extra)} (see 'stairflow "
                           f"{args.command} --help')")

@@ -29,21 +29,13 @@ from .._settings import parse_sim
 from .common import GRAPH_HELP
 from .trace import TRACE_FORMATS, draw_picture, write_trace
 
-__all__ = ["add_parser"]
+__all__ = ["add_backend_options", "add_parser", "backend_choice", "prompt_of"]
 
 _OPTIONS = ("base_url", "model", "api_key_env", "continuation", "prompt_format", "timeout_s")
 
 
-def add_parser(sub: Any) -> None:
-    r = sub.add_parser(
-        "run", help="run a graph and stream its answer",
-        description="Run a graph and stream its answer. Nodes that name their own endpoint "
-                    "(base_url, model) in the graph use it; the others use --base-url/--model, "
-                    "or the embedded local model when none is given.")
-    r.add_argument("graph", help=GRAPH_HELP)
-    r.add_argument("prompt", nargs="?",
-                   help="the message; '-' reads it from stdin (default: the graph's example)")
-    r.add_argument("--mode", choices=["staircase", "normal"], default="staircase")
+def add_backend_options(r: argparse.ArgumentParser) -> None:
+    """Where the graph's models run, and the simulated backend's what-ifs (run and bench)."""
     r.add_argument("--backend", choices=list(CHOICES), default="auto",
                    help="auto (default): each node's endpoint, else --base-url, else the local "
                         "model; local: the embedded llama.cpp model for nodes without an "
@@ -68,6 +60,19 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--sim", action="append", default=[], metavar="[NODE.]KEY=VALUE",
                    help="what-if for the simulated backend (implies it), e.g. --sim "
                         "p3.decode_tps=10 or --sim latency_s=0.2; repeatable")
+
+
+def add_parser(sub: Any) -> None:
+    r = sub.add_parser(
+        "run", help="run a graph and stream its answer",
+        description="Run a graph and stream its answer. Nodes that name their own endpoint "
+                    "(base_url, model) in the graph use it; the others use --base-url/--model, "
+                    "or the embedded local model when none is given.")
+    r.add_argument("graph", help=GRAPH_HELP)
+    r.add_argument("prompt", nargs="?",
+                   help="the message; '-' reads it from stdin (default: the graph's example)")
+    r.add_argument("--mode", choices=["staircase", "normal"], default="staircase")
+    add_backend_options(r)
     r.add_argument("--trace", metavar="FILE", help="write the run's trace as JSON (also when "
                                                    "the run fails)")
     r.add_argument("--trace-format", choices=TRACE_FORMATS, default="stairflow",
@@ -80,7 +85,7 @@ def add_parser(sub: Any) -> None:
     r.set_defaults(handler=_run)
 
 
-def _prompt(arg: str | None, graph: FrozenGraph, spec: str, stdin: TextIO) -> str:
+def prompt_of(arg: str | None, graph: FrozenGraph, spec: str, stdin: TextIO) -> str:
     if arg == "-":
         text = stdin.read().strip()
         if not text:
@@ -111,7 +116,7 @@ def _what_ifs(items: list[str]) -> SimBackend | None:
                       nodes={n: parse_sim(v, f"--sim {n}") for n, v in per_node.items()})
 
 
-def _backend_choice(args: argparse.Namespace) -> tuple[str | Backend, dict[str, Any]]:
+def backend_choice(args: argparse.Namespace) -> tuple[str | Backend, dict[str, Any]]:
     options = {k: getattr(args, k) for k in _OPTIONS if getattr(args, k) is not None}
     what_if = _what_ifs(args.sim)
     simulated = args.virtual_clock or what_if is not None
@@ -186,8 +191,8 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> i
     graph = resolve_graph(args.graph).with_mode(args.mode)
     if args.max_tokens is not None:
         graph = graph.capped(args.max_tokens)
-    prompt = _prompt(args.prompt, graph, args.graph, stdin)
-    choice, options = _backend_choice(args)
+    prompt = prompt_of(args.prompt, graph, args.graph, stdin)
+    choice, options = backend_choice(args)
     trace_path = _check_trace_path(args.trace)
     stream = not args.json
     runs: list[Run] = []

@@ -1,0 +1,237 @@
+"""``stairflow bench``: staircase against normal mode on one graph, interleaved, measured.
+
+Each repetition runs every prompt in both modes, alternating which mode goes first, on one
+backend opened once; then a table of medians with their spread, and the staircase/normal
+ratio. Ctrl-C stops at once and still prints what was measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import trio
+import trio.testing
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .._backends.base import describe_backend
+from .._backends.redact import redact_data
+from .._backends.select import open_backend
+from .._errors import ConfigError
+from .._graph import FrozenGraph, Mode
+from .._graphfile import resolve_graph
+from .._metrics import Report
+from .._runtime.run import open_run
+from .common import GRAPH_HELP
+from .run import add_backend_options, backend_choice
+from .trace import draw_picture
+
+__all__ = ["add_parser"]
+
+MODES: tuple[Mode, Mode] = ("staircase", "normal")
+# (label, unit, how to read it from a report); None where a run has no value
+METRICS: tuple[tuple[str, str, Callable[[Report], float | None]], ...] = (
+    ("TTFT", "s", lambda r: r.ttft_s),
+    ("total time", "s", lambda r: r.total_s),
+    ("final-answer tokens/s", "", lambda r: r.tokens_per_s),
+    ("prompt tokens", "", lambda r: r.prompt_tokens),
+    ("cached prompt tokens", "", lambda r: r.cached_tokens),
+    ("LLM calls", "", lambda r: r.llm_calls),
+    ("inputs read by the last node", "%", lambda r: _read_share(r)),
+)
+
+
+def add_parser(sub: Any) -> None:
+    b = sub.add_parser(
+        "bench", help="measure staircase against normal mode on a graph",
+        description="Run a graph in staircase and normal mode, interleaved (A B, B A, ...), "
+                    "over the prompts, --repeat times; print medians with their spread.")
+    b.add_argument("graph", help=GRAPH_HELP)
+    b.add_argument("prompts", nargs="*", metavar="PROMPT",
+                   help="messages to run (default: the graph's example)")
+    b.add_argument("--prompts", dest="prompts_file", metavar="FILE.jsonl",
+                   help="more messages: one JSON string, or object with a 'prompt', per line")
+    b.add_argument("--repeat", type=int, default=3, metavar="N",
+                   help="runs per prompt and mode (default 3)")
+    b.add_argument("--json", action="store_true", help="print the results as JSON")
+    b.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    b.add_argument("--timeline", metavar="DIR",
+                   help="draw each prompt's first staircase and normal runs into DIR")
+    add_backend_options(b)
+    b.set_defaults(handler=_bench)
+
+
+def _prompts(args: argparse.Namespace, graph: FrozenGraph) -> list[str]:
+    prompts = list(args.prompts)
+    if args.prompts_file:
+        try:
+            lines = Path(args.prompts_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--prompts {args.prompts_file}: cannot read it ({exc})") from None
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:
+                item = None
+            text = item.get("prompt") if isinstance(item, dict) else item
+            if not isinstance(text, str) or not text.strip():
+                raise ConfigError(f"{args.prompts_file}, line {n}: write a JSON string or an "
+                                  "object with a 'prompt' string")
+            prompts.append(text)
+    if not prompts:
+        if not graph.default_input:
+            raise ConfigError(f"graph '{graph.name}' has no example message; give prompts")
+        prompts = [graph.default_input]
+    if args.repeat < 1:
+        raise ConfigError(f"--repeat {args.repeat}: use a whole number >= 1")
+    return prompts
+
+
+def _bench(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    graph = resolve_graph(args.graph)
+    if args.max_tokens is not None:
+        graph = graph.capped(args.max_tokens)
+    prompts = _prompts(args, graph)
+    choice, options = backend_choice(args)
+    timeline = Path(args.timeline) if args.timeline else None
+    if timeline is not None and not timeline.is_dir():
+        raise ConfigError(f"--timeline {args.timeline}: not a directory; create it first")
+    results: dict[str, list[Report]] = {m: [] for m in MODES}
+    firsts: dict[tuple[int, str], dict[str, Any]] = {}
+    info: dict[str, Any] = {}
+    total = args.repeat * len(prompts) * len(MODES)
+    console = Console(file=err, stderr=True)
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                        MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                        disable=args.virtual_clock or not console.is_terminal, transient=True)
+
+    async def main() -> None:
+        async with open_backend(graph, choice, **options) as backend:  # type: ignore[arg-type]
+            described = describe_backend(backend)
+            info.update(backend=described.name, simulated=described.simulated)
+            task = progress.add_task(f"bench {graph.name}", total=total)
+            for rep in range(args.repeat):
+                for i, prompt in enumerate(prompts):
+                    order = MODES if (rep + i) % 2 == 0 else MODES[::-1]
+                    for mode in order:
+                        frozen = graph.with_mode(mode)
+                        async with open_run(frozen, prompt, backend=backend, mode=mode) as run:
+                            pass
+                        results[mode].append(run.report())
+                        if (i, mode) not in firsts:
+                            firsts[(i, mode)] = redact_data(run.trace.to_json(), run.secrets)
+                        progress.update(task, advance=1,
+                                        description=f"bench {graph.name}: {mode}, prompt "
+                                                    f"{i + 1}/{len(prompts)}")
+
+    clock = trio.testing.MockClock(autojump_threshold=0) if args.virtual_clock else None
+    interrupted = False
+    with progress:
+        try:
+            trio.run(main, clock=clock)
+        except KeyboardInterrupt:
+            interrupted = True
+    if not any(results.values()):
+        print("stairflow: interrupted before any run finished", file=err)
+        return 130
+    summary = _summary(graph, info, results, args, interrupted)
+    if args.json:
+        print(json.dumps(summary, indent=2), file=out)
+    else:
+        print(_table(summary, markdown=args.markdown), file=out)
+    if timeline is not None:
+        for i in range(len(prompts)):
+            pair = [firsts[(i, m)] for m in MODES if (i, m) in firsts]
+            if pair:
+                path = draw_picture(pair, str(timeline / f"{graph.name}-{i + 1}.png"))
+                print(f"wrote {path}", file=err)
+    if interrupted:
+        print("stairflow: interrupted; the table holds the runs that finished", file=err)
+        return 130
+    return 0
+
+
+def _read_share(report: Report) -> float | None:
+    """Of what its inputs sent, the share the node before the output had read (in %)."""
+    last = report.trace.meta.get("output")
+    feeding = [e.data["edge"][0] for e in report.trace.of("chunk") if e.data["edge"][1] == last]
+    node = report.nodes.get(feeding[0]) if feeding else None
+    if node is None or not node.read:
+        return None
+    sent = sum(r.sent for r in node.read.values())
+    return 100.0 * sum(r.tokens for r in node.read.values()) / sent if sent else None
+
+
+def _spread(values: Sequence[float]) -> dict[str, float]:
+    """Median, p10 and p90 (min and max with fewer than 10 values)."""
+    ordered = sorted(values)
+    if len(ordered) >= 10:
+        deciles = statistics.quantiles(ordered, n=10, method="inclusive")
+        low, high = deciles[0], deciles[-1]
+    else:
+        low, high = ordered[0], ordered[-1]
+    return {"median": statistics.median(ordered), "low": low, "high": high,
+            "min": ordered[0], "max": ordered[-1], "n": len(ordered)}
+
+
+def _summary(graph: FrozenGraph, info: dict[str, Any], results: dict[str, list[Report]],
+             args: argparse.Namespace, interrupted: bool) -> dict[str, Any]:
+    metrics = {}
+    for label, unit, read in METRICS:
+        row: dict[str, Any] = {"unit": unit}
+        for mode in MODES:
+            values = [v for r in results[mode] if (v := read(r)) is not None]
+            row[mode] = _spread(values) if values else None
+        stair, normal = row["staircase"], row["normal"]
+        row["ratio"] = (stair["median"] / normal["median"]
+                        if stair and normal and normal["median"] else None)
+        metrics[label] = row
+    n = min(len(v) for v in results.values())
+    return {"graph": graph.name, "backend": info.get("backend"),
+            "simulated": info.get("simulated"), "virtual_clock": bool(args.virtual_clock),
+            "runs_per_mode": {m: len(results[m]) for m in MODES},
+            "spread": "p10-p90" if n >= 10 else "min-max", "interrupted": interrupted,
+            "metrics": metrics}
+
+
+def _cell(stats: dict[str, float] | None, unit: str) -> str:
+    if stats is None:
+        return "-"
+    digits = 3 if unit == "s" else 1
+
+    def f(v: float) -> str:
+        return f"{v:.{digits}f}" if digits != 1 or v % 1 else f"{v:.0f}"
+
+    return f"{f(stats['median'])} [{f(stats['low'])}-{f(stats['high'])}]"
+
+
+def _table(summary: dict[str, Any], *, markdown: bool) -> str:
+    head = ["metric", "staircase", "normal", "staircase / normal"]
+    rows = []
+    for label, row in summary["metrics"].items():
+        name = f"{label} ({row['unit']})" if row["unit"] else label
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}"
+        rows.append([name, _cell(row["staircase"], row["unit"]),
+                     _cell(row["normal"], row["unit"]), ratio])
+    runs = summary["runs_per_mode"]
+    label = "[simulated] " if summary["simulated"] else ""
+    title = (f"{label}{summary['graph']} on {summary['backend']}: medians of "
+             f"{runs['staircase']} staircase and {runs['normal']} normal runs, "
+             f"[{summary['spread']}] in brackets")
+    if markdown:
+        lines = [f"{title}", "", "| " + " | ".join(head) + " |",
+                 "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = [title, "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+              for r in rows]
+    return "\n".join(lines)

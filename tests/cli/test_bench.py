@@ -1,0 +1,94 @@
+"""``stairflow bench``: both modes, interleaved, medians with their spread."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.cli.test_cli import cli
+
+
+def test_the_table_compares_the_modes_in_under_a_second_of_virtual_time():
+    code, out, err = cli("bench", "moa", "--virtual-clock")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == ("[simulated] moa on simulated: medians of 3 staircase and 3 normal runs, "
+                        "[min-max] in brackets")
+    rows = {line.split("  ")[0]: line for line in lines[2:]}
+    assert rows["TTFT (s)"].split()[2:] == ["0.244", "[0.244-0.244]", "10.576",
+                                            "[10.576-10.576]", "0.02"]
+    assert rows["LLM calls"].split()[-1] == "2.00"
+    assert "85.5" in rows["inputs read by the last node (%)"]
+
+
+def test_json_and_markdown(tmp_path):
+    code, out, _ = cli("bench", "moa", "--virtual-clock", "--json", "--repeat", "2")
+    assert code == 0
+    data = json.loads(out)
+    assert data["runs_per_mode"] == {"staircase": 2, "normal": 2} and data["simulated"]
+    ttft = data["metrics"]["TTFT"]
+    assert ttft["staircase"]["n"] == 2 and ttft["ratio"] < 0.05
+    assert set(ttft["normal"]) == {"median", "low", "high", "min", "max", "n"}
+    code, out, _ = cli("bench", "moa", "--virtual-clock", "--markdown", "--repeat", "1",
+                       "What is rain?", "Why is the sky blue?")
+    assert code == 0
+    assert "| metric | staircase | normal | staircase / normal |" in out
+    assert "medians of 2 staircase and 2 normal runs" in out  # one per prompt
+
+
+def test_prompts_from_a_file_and_timelines_into_a_directory(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('"What is rain?"\n\n{"prompt": "Why is the sea salty?"}\n')
+    pictures = tmp_path / "pics"
+    pictures.mkdir()
+    code, out, err = cli("bench", "moa", "--virtual-clock", "--repeat", "1", "--prompts",
+                         str(prompts), "--timeline", str(pictures), "--json")
+    assert code == 0, err
+    assert json.loads(out)["runs_per_mode"] == {"staircase": 2, "normal": 2}
+    assert sorted(p.name for p in pictures.iterdir()) == ["moa-1.png", "moa-2.png"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--repeat", "0"), "--repeat 0: use a whole number >= 1"),
+        (("--timeline", "/nonexistent"), "--timeline /nonexistent: not a directory"),
+        (("--prompts", "/nonexistent.jsonl"), "--prompts /nonexistent.jsonl: cannot read it"),
+    ],
+)
+def test_bad_options_are_one_line_errors(args, message):
+    code, _, err = cli("bench", "moa", "--virtual-clock", *args)
+    assert code == 2
+    assert err.startswith(f"stairflow: error: {message}") and err.count("\n") == 1
+
+
+def test_a_bad_prompt_line_is_named(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('"ok"\n{"question": "no prompt key"}\n')
+    code, _, err = cli("bench", "moa", "--virtual-clock", "--prompts", str(prompts))
+    assert code == 2
+    assert err == (f"stairflow: error: {prompts}, line 2: write a JSON string or an object "
+                   "with a 'prompt' string\n")
+
+
+def test_ctrl_c_stops_and_still_prints_what_was_measured(tmp_path, monkeypatch):
+    # an fn node that is interrupted (as by Ctrl-C) in the third run
+    (tmp_path / "stopper.py").write_text(
+        "RUNS = [0]\n"
+        "async def echo(inputs):\n"
+        "    RUNS[0] += 1\n"
+        "    if RUNS[0] == 3:\n"
+        "        raise KeyboardInterrupt\n"
+        "    step = await inputs.collect()\n"
+        "    yield step.text['q']\n")
+    graph = tmp_path / "g.toml"
+    graph.write_text('name = "stop"\ndefault_input = "hi"\n[nodes.q]\nkind = "input"\n'
+                     '[nodes.f]\nkind = "fn"\nfn = "stopper:echo"\n[nodes.o]\nkind = "output"\n'
+                     '[[edges]]\nfrom = "q"\nto = "f"\n[[edges]]\nfrom = "f"\nto = "o"\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, out, err = cli("bench", str(graph), "--virtual-clock", "--json")
+    assert code == 130
+    data = json.loads(out)
+    assert data["interrupted"] and data["runs_per_mode"] == {"staircase": 1, "normal": 1}
+    assert "interrupted; the table holds the runs that finished" in err
