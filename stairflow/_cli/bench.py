@@ -11,8 +11,9 @@ import argparse
 import json
 import statistics
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import trio
 import trio.testing
@@ -23,10 +24,11 @@ from .._backends.base import describe_backend
 from .._backends.redact import redact_data
 from .._backends.select import open_backend
 from .._errors import ConfigError
-from .._graph import FrozenGraph, Mode
+from .._graph import FrozenGraph, LLMNode, Mode
 from .._graphfile import resolve_graph
 from .._metrics import Report
 from .._runtime.run import open_run
+from .._triggers import Trigger, tokens
 from .common import GRAPH_HELP
 from .run import add_backend_options, backend_choice
 from .trace import draw_picture
@@ -62,6 +64,11 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     b.add_argument("--timeline", metavar="DIR",
                    help="draw each prompt's first staircase and normal runs into DIR")
+    b.add_argument("--first-chunk", metavar="N,N,...",
+                   help="sweep: the first chunk's size in tokens on every edge between llm "
+                        "nodes (later chunks as declared), e.g. 4,8,16,32,64")
+    b.add_argument("--context", metavar="LAYOUT,...",
+                   help="sweep: the prompt layout of every llm node, e.g. rebuild,append")
     add_backend_options(b)
     b.set_defaults(handler=_bench)
 
@@ -94,19 +101,66 @@ def _prompts(args: argparse.Namespace, graph: FrozenGraph) -> list[str]:
     return prompts
 
 
+def _sweep(args: argparse.Namespace, graph: FrozenGraph) -> list[tuple[str, FrozenGraph]]:
+    """The graph as declared, or each variant the sweep options ask for, with its label."""
+    firsts: list[int | None] = [None]
+    layouts: list[Literal["rebuild", "append"] | None] = [None]
+    if args.first_chunk:
+        try:
+            sizes = [int(v) for v in args.first_chunk.split(",")]
+        except ValueError:
+            sizes = [0]
+        if any(v < 1 for v in sizes):
+            raise ConfigError(f"--first-chunk {args.first_chunk}: give token counts >= 1, "
+                              "e.g. 4,8,16")
+        firsts = list(sizes)
+    if args.context:
+        names = args.context.split(",")
+        if any(v not in ("rebuild", "append") for v in names):
+            raise ConfigError(f"--context {args.context}: give rebuild, append or both")
+        layouts = ["append" if v == "append" else "rebuild" for v in names]
+    llm = {n.name for n in graph.llm_nodes()}
+    variants = []
+    for first in firsts:
+        for layout in layouts:
+            g, label = graph, []
+            if first is not None:
+                edges = tuple(replace(e, trigger=tokens([first, *_later(e.trigger)]))
+                              if e.src in llm and e.dst in llm else e for e in g.edges)
+                g = replace(g, edges=edges, declared_edges=edges)
+                label.append(f"first chunk {first}")
+            if layout is not None:
+                nodes = {n: replace(v, context=layout) if isinstance(v, LLMNode) else v
+                         for n, v in g.nodes.items()}
+                g = replace(g, nodes=nodes)
+                label.append(f"context {layout}")
+            variants.append((", ".join(label) or "as declared", g))
+    return variants
+
+
+def _later(trigger: Trigger) -> tuple[int, ...]:
+    """The sizes after the first of a token-count trigger (16, 32, 64 for any other)."""
+    config = trigger.to_config()
+    sizes = config.get("tokens") if isinstance(config, dict) else None
+    if isinstance(sizes, list) and len(sizes) > 1:
+        return tuple(sizes[1:])
+    return (16, 32, 64)
+
+
 def _bench(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     graph = resolve_graph(args.graph)
     if args.max_tokens is not None:
         graph = graph.capped(args.max_tokens)
     prompts = _prompts(args, graph)
+    variants = _sweep(args, graph)
     choice, options = backend_choice(args)
     timeline = Path(args.timeline) if args.timeline else None
     if timeline is not None and not timeline.is_dir():
         raise ConfigError(f"--timeline {args.timeline}: not a directory; create it first")
-    results: dict[str, list[Report]] = {m: [] for m in MODES}
+    results: list[dict[str, list[Report]]] = [{m: [] for m in MODES} for _ in variants]
     firsts: dict[tuple[int, str], dict[str, Any]] = {}
     info: dict[str, Any] = {}
-    total = args.repeat * len(prompts) * len(MODES)
+    total = len(variants) * args.repeat * len(prompts) * len(MODES)
     console = Console(file=err, stderr=True)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), console=console,
@@ -117,19 +171,22 @@ def _bench(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) ->
             described = describe_backend(backend)
             info.update(backend=described.name, simulated=described.simulated)
             task = progress.add_task(f"bench {graph.name}", total=total)
-            for rep in range(args.repeat):
-                for i, prompt in enumerate(prompts):
-                    order = MODES if (rep + i) % 2 == 0 else MODES[::-1]
-                    for mode in order:
-                        frozen = graph.with_mode(mode)
-                        async with open_run(frozen, prompt, backend=backend, mode=mode) as run:
-                            pass
-                        results[mode].append(run.report())
-                        if (i, mode) not in firsts:
-                            firsts[(i, mode)] = redact_data(run.trace.to_json(), run.secrets)
-                        progress.update(task, advance=1,
-                                        description=f"bench {graph.name}: {mode}, prompt "
-                                                    f"{i + 1}/{len(prompts)}")
+            for v, (label, variant) in enumerate(variants):
+                for rep in range(args.repeat):
+                    for i, prompt in enumerate(prompts):
+                        order = MODES if (rep + i) % 2 == 0 else MODES[::-1]
+                        for mode in order:
+                            frozen = variant.with_mode(mode)
+                            async with open_run(frozen, prompt, backend=backend,
+                                                mode=mode) as run:
+                                pass
+                            results[v][mode].append(run.report())
+                            if v == 0 and (i, mode) not in firsts:
+                                firsts[(i, mode)] = redact_data(run.trace.to_json(),
+                                                                run.secrets)
+                            progress.update(task, advance=1,
+                                            description=f"bench {graph.name} ({label}): {mode}, "
+                                                        f"prompt {i + 1}/{len(prompts)}")
 
     clock = trio.testing.MockClock(autojump_threshold=0) if args.virtual_clock else None
     interrupted = False
@@ -138,14 +195,20 @@ def _bench(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) ->
             trio.run(main, clock=clock)
         except KeyboardInterrupt:
             interrupted = True
-    if not any(results.values()):
-        print("stairflow: interrupted before any run finished", file=err)
+    done = [(label, r) for (label, _), r in zip(variants, results, strict=True)
+            if all(r.values())]
+    if not done:
+        print("stairflow: interrupted before a run in each mode finished", file=err)
         return 130
-    summary = _summary(graph, info, results, args, interrupted)
+    summaries = [_summary(graph, info, r, args, interrupted) | {"variant": label}
+                 for label, r in done]
     if args.json:
-        print(json.dumps(summary, indent=2), file=out)
+        print(json.dumps(summaries[0] if len(variants) == 1 else summaries, indent=2),
+              file=out)
     else:
-        print(_table(summary, markdown=args.markdown), file=out)
+        tables = [(f"{s['variant']}:\n" if len(variants) > 1 else "")
+                  + _table(s, markdown=args.markdown) for s in summaries]
+        print("\n\n".join(tables), file=out)
     if timeline is not None:
         for i in range(len(prompts)):
             pair = [firsts[(i, m)] for m in MODES if (i, m) in firsts]

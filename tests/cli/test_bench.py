@@ -92,3 +92,34 @@ def test_ctrl_c_stops_and_still_prints_what_was_measured(tmp_path, monkeypatch):
     data = json.loads(out)
     assert data["interrupted"] and data["runs_per_mode"] == {"staircase": 1, "normal": 1}
     assert "interrupted; the table holds the runs that finished" in err
+
+
+def test_sweeps_of_the_first_chunk_and_the_layout():
+    code, out, err = cli("bench", "moa", "--virtual-clock", "--repeat", "1", "--json",
+                         "--first-chunk", "4,64", "--context", "rebuild,append")
+    assert code == 0, err
+    runs = json.loads(out)
+    assert [r["variant"] for r in runs] == [
+        "first chunk 4, context rebuild", "first chunk 4, context append",
+        "first chunk 64, context rebuild", "first chunk 64, context append"]
+    ttft = {r["variant"]: r["metrics"]["TTFT"]["staircase"]["median"] for r in runs}
+    # the first chunk sets TTFT (docs/schedules.md: 0.174 s with 4 tokens, 1.222 s with 64)
+    assert round(ttft["first chunk 4, context rebuild"], 3) == 0.174
+    assert round(ttft["first chunk 64, context rebuild"], 3) == 1.222
+    code, out, _ = cli("bench", "moa", "--virtual-clock", "--repeat", "1", "--first-chunk",
+                       "8,16")
+    assert out.count("medians of 1 staircase") == 2 and "first chunk 16:\n" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--first-chunk", "4,x"), "--first-chunk 4,x: give token counts >= 1"),
+        (("--first-chunk", "0"), "--first-chunk 0: give token counts >= 1"),
+        (("--context", "grow"), "--context grow: give rebuild, append or both"),
+    ],
+)
+def test_bad_sweeps_are_one_line_errors(args, message):
+    code, _, err = cli("bench", "moa", "--virtual-clock", *args)
+    assert code == 2
+    assert err.startswith(f"stairflow: error: {message}") and err.count("\n") == 1
