@@ -55,6 +55,9 @@ def test_prompts_from_a_file_and_timelines_into_a_directory(tmp_path):
         (("--repeat", "0"), "--repeat 0: use a whole number >= 1"),
         (("--timeline", "/nonexistent"), "--timeline /nonexistent: not a directory"),
         (("--prompts", "/nonexistent.jsonl"), "--prompts /nonexistent.jsonl: cannot read it"),
+        (("--first-chunk", "4,x"), "--first-chunk 4,x: give token counts >= 1"),
+        (("--first-chunk", "0"), "--first-chunk 0: give token counts >= 1"),
+        (("--context", "grow"), "--context grow: give rebuild, append or both"),
     ],
 )
 def test_bad_options_are_one_line_errors(args, message):
@@ -110,16 +113,3 @@ def test_sweeps_of_the_first_chunk_and_the_layout():
                        "8,16")
     assert out.count("medians of 1 staircase") == 2 and "first chunk 16:\n" in out
 
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (("--first-chunk", "4,x"), "--first-chunk 4,x: give token counts >= 1"),
-        (("--first-chunk", "0"), "--first-chunk 0: give token counts >= 1"),
-        (("--context", "grow"), "--context grow: give rebuild, append or both"),
-    ],
-)
-def test_bad_sweeps_are_one_line_errors(args, message):
-    code, _, err = cli("bench", "moa", "--virtual-clock", *args)
-    assert code == 2
-    assert err.startswith(f"stairflow: error: {message}") and err.count("\n") == 1
