@@ -40,6 +40,7 @@ class Lane:
     end: float | None = None
     arrows: list[tuple[str, float, float]] = field(default_factory=list)  # (src, cut, taken)
     received: list[float] = field(default_factory=list)  # the output node: text arriving
+    unread_from: float | None = None  # from then on, what it wrote no step took
 
 
 @dataclass
@@ -93,6 +94,16 @@ def lanes(trace: Mapping[str, Any]) -> Timeline:
         elif kind == "output" and e.get("text") and ttft is None:
             ttft = t
     total = max((e["t"] for e in events), default=0.0)
+    # a producer whose later chunks no step took: its output from its last chunk taken on
+    taken: dict[str, float] = {}
+    for lane in by.values():
+        for src, cut, _ in lane.arrows:
+            taken[src] = max(taken.get(src, 0.0), cut)
+    for (src, _), queue in waiting.items():
+        if queue and src in by:
+            start = taken.get(src, queue[0])
+            old = by[src].unread_from
+            by[src].unread_from = start if old is None else min(old, start)
     backend = str(meta.get("backend", "?")).split(" at ")[0]  # not the endpoint's address
     title = f"{meta.get('graph', '?')} ({meta.get('mode', '?')}, {backend})"
     return Timeline(title, ttft, total, [by[n] for n in order], bool(meta.get("simulated")))
@@ -139,17 +150,20 @@ def _figure(plt: Any, runs: list[Timeline], Rectangle: Any, Line2D: Any) -> Any:
         Line2D([], [], color=_ARROW, marker=">", lw=1),
         Line2D([], [], color=_FIRST, marker="|", lw=0, markersize=12, mew=2),
         Line2D([], [], color=_FIRST, lw=0.6, alpha=0.6),
+        Rectangle((0, 0), 1, 1, color=_UNREAD, alpha=0.45),
     ]
     fig.legend(handles, ["request: waiting for its first token", "request: writing",
                          "request cancelled (its output no longer needed, or cut to start "
                          "the final step)", "a chunk crossing an edge, to the step that took "
-                         "it", "first token", "the answer's text arriving"],
+                         "it", "first token", "the answer's text arriving",
+                         "written after the last chunk a consumer took (never read)"],
                loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.09, 1, 1))
     return fig
 
 
 _WAIT, _WRITE, _CUT, _ARROW, _FIRST = "#c6dbef", "#3182bd", "#de2d26", "#636363", "#e6550d"
+_UNREAD = "#bdbdbd"
 
 
 def _panel(ax: Any, run: Timeline, end: float) -> None:
@@ -167,6 +181,11 @@ def _panel(ax: Any, run: Timeline, end: float) -> None:
             ax.plot([lane.first_token], [row], marker="|", color=_FIRST, markersize=14, mew=2)
         if lane.received:
             ax.vlines(lane.received, row - 0.2, row + 0.2, color=_FIRST, lw=0.4, alpha=0.6)
+        if lane.unread_from is not None:
+            stop = lane.end if lane.end is not None else run.total
+            bars = ax.barh(row, stop - lane.unread_from, left=lane.unread_from, height=0.8,
+                           color=_UNREAD, alpha=0.45, zorder=3)
+            bars.patches[0].set_gid(f"unread-{lane.node}")  # named in an SVG
         for src, cut, taken in lane.arrows:
             if src in y:
                 ax.annotate("", xy=(taken, row - 0.25), xytext=(cut, y[src] + 0.25),

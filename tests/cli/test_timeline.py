@@ -33,6 +33,10 @@ def test_both_modes_on_one_time_axis_as_svg(tmp_path, traces):
     for lane in ("question", "p1", "p2", "p3", "agg", "answer"):
         assert svg.count(f">{lane}<") == 2
     assert "a chunk crossing an edge, to the step that took it" in svg
+    # what the proposers wrote after the aggregator's last step is shaded, in staircase only
+    assert [p for p in ("p1", "p2", "p3", "agg") if f'id="unread-{p}"' in svg] == [
+        "p1", "p2", "p3"]
+    assert svg.count('id="unread-') == 3
 
 
 def test_a_run_draws_its_own_timeline_as_png(tmp_path):
