@@ -108,7 +108,14 @@ def test_the_graph_file_alone_routes_each_node_to_its_server(servers, tmp_path):
     calls = {n: report["nodes"][n]["calls"] for n in ("p1", "p2", "p3", "agg")}
     # the proposers' server answered the proposers' requests, the aggregator's the aggregator's
     assert posts(proposers) - before[0] == calls["p1"] + calls["p2"] + calls["p3"] >= 3
-    assert posts(aggregator) - before[1] == calls["agg"] >= 2  # a staircase: several steps
+    assert posts(aggregator) - before[1] == calls["agg"] >= 1
+    # a staircase: the aggregator's first request left before the proposers had all ended
+    # (how many steps it then takes is the model's choice: it may stop in the first one)
+    events = json.loads(trace.read_text())["events"]
+    agg_sent = min(e["t"] for e in events if e["kind"] == "request_sent" and e["node"] == "agg")
+    assert agg_sent < max(e["t"] for e in events
+                          if e["kind"] in ("node_end", "node_cancel") and e["node"] != "agg"
+                          and e["node"] in ("p1", "p2", "p3"))
     for text in (result.stdout, result.stderr, trace.read_text()):
         assert KEY not in text
 
@@ -119,7 +126,7 @@ def test_the_same_graph_runs_from_python_with_no_backend_argument(servers, tmp_p
     monkeypatch.setenv("SF_AGG_KEY", KEY)
     monkeypatch.setenv("STAIRFLOW_LLAMA_SERVER", str(tmp_path / "no-llama-server"))
     report = sf.run(sf.load_graph(graph_file(tmp_path, proposers, aggregator)))
-    assert report.output.strip() and report.nodes["agg"].calls >= 2
+    assert report.output.strip() and report.nodes["agg"].calls >= 1  # it may stop in one step
     assert report.ttft_s is not None
     assert report.ttft_s < max(report.nodes[p].done_s or 0 for p in ("p1", "p2", "p3"))
 
