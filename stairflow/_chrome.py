@@ -19,9 +19,10 @@ Times become microseconds (``ts``, ``dur``). Pure: no I/O; the CLI reads and wri
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from ._crossings import crossings
 
 __all__ = ["to_chrome"]
 
@@ -157,30 +158,14 @@ def _flows(events: Sequence[Mapping[str, Any]], tid: Mapping[str, int],
            output: str | None) -> list[dict[str, Any]]:
     """A flow per chunk, from the producer when it was cut to the consumer's step that took
     it (edges into the output node: when it arrived; a chunk no step took has no flow)."""
-    waiting: dict[tuple[str, str], deque[Mapping[str, Any]]] = defaultdict(deque)
     out: list[dict[str, Any]] = []
-    ids = iter(range(1, 1 << 62))
-
-    def flow(chunk: Mapping[str, Any], dst: str, t: float) -> None:
+    taken, _ = crossings(events, output)
+    for fid, (chunk, dst, t) in enumerate(taken, 1):
         src = chunk["edge"][0]
-        fid = next(ids)
         args = {"edge": f"{src} -> {dst}", "index": chunk.get("index"),
                 "tokens": chunk.get("tokens"), "last": chunk.get("last")}
         out.append({"ph": "s", "id": fid, "name": "chunk", "cat": "chunk", "pid": _PID,
                     "tid": tid[src], "ts": _us(chunk["t"]), "args": args})
         out.append({"ph": "f", "bp": "e", "id": fid, "name": "chunk", "cat": "chunk",
                     "pid": _PID, "tid": tid[dst], "ts": _us(t), "args": args})
-
-    for e in events:
-        if e["kind"] == "chunk":
-            src, dst = e["edge"][0], e["edge"][1]
-            if dst == output:
-                flow(e, dst, e["t"])
-            else:
-                waiting[(src, dst)].append(e)
-        elif e["kind"] == "step_start" and e["node"] is not None:
-            for src, n in (e.get("consumed") or {}).items():
-                queue = waiting[(src, e["node"])]
-                for _ in range(min(int(n), len(queue))):
-                    flow(queue.popleft(), e["node"], e["t"])
     return out

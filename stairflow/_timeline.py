@@ -11,12 +11,12 @@ time axis, so the gain is seen) and saves it with matplotlib, an optional depend
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._crossings import crossings
 from ._errors import ConfigError
 
 __all__ = ["FORMATS", "Lane", "Timeline", "draw", "lanes"]
@@ -58,7 +58,6 @@ def lanes(trace: Mapping[str, Any]) -> Timeline:
     order = list(meta.get("nodes") or dict.fromkeys(e["node"] for e in events if e["node"]))
     by = {name: Lane(name) for name in order}
     open_requests: dict[tuple[str, Any], Request] = {}
-    waiting: dict[tuple[str, str], deque[float]] = defaultdict(deque)
     ttft = None
     for e in events:
         kind, node, t = e["kind"], e.get("node"), e["t"]
@@ -79,29 +78,27 @@ def lanes(trace: Mapping[str, Any]) -> Timeline:
                 done.end, done.cancelled = t, kind == "request_cancel"
         elif kind in ("node_end", "node_error", "node_cancel") and lane is not None:
             lane.end = t
-        elif kind == "chunk":
-            src, dst = e["edge"][0], e["edge"][1]
-            if dst == meta.get("output"):
-                if dst in by and e.get("text"):
-                    by[dst].received.append(t)
-            else:
-                waiting[(src, dst)].append(t)
-        elif kind == "step_start" and lane is not None:
-            for src, n in (e.get("consumed") or {}).items():
-                queue = waiting[(src, node)]
-                for _ in range(min(int(n), len(queue))):
-                    lane.arrows.append((src, queue.popleft(), t))
         elif kind == "output" and e.get("text") and ttft is None:
             ttft = t
+    output = meta.get("output")
+    taken, untaken = crossings(events, output)
+    for chunk, dst, t in taken:
+        if dst not in by:
+            continue
+        if dst == output:
+            if chunk.get("text"):
+                by[dst].received.append(t)
+        else:
+            by[dst].arrows.append((chunk["edge"][0], chunk["t"], t))
     total = max((e["t"] for e in events), default=0.0)
     # a producer whose later chunks no step took: its output from its last chunk taken on
-    taken: dict[str, float] = {}
+    last_taken: dict[str, float] = {}
     for lane in by.values():
         for src, cut, _ in lane.arrows:
-            taken[src] = max(taken.get(src, 0.0), cut)
-    for (src, _), queue in waiting.items():
-        if queue and src in by:
-            start = taken.get(src, queue[0])
+            last_taken[src] = max(last_taken.get(src, 0.0), cut)
+    for (src, _), chunks in untaken.items():
+        if src in by:
+            start = last_taken[src] if src in last_taken else float(chunks[0]["t"])
             old = by[src].unread_from
             by[src].unread_from = start if old is None else min(old, start)
     backend = str(meta.get("backend", "?")).split(" at ")[0]  # not the endpoint's address
