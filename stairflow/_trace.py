@@ -69,9 +69,6 @@ class _Events(MutableSequence[Event]):
         self.node: list[str | None] = []
         self.data: list[Mapping[str, Any]] = []
 
-    def append(self, value: Event) -> None:
-        self.insert(len(self.t), value)
-
     @overload
     def __getitem__(self, i: int) -> Event: ...
     @overload
@@ -171,9 +168,7 @@ class Trace:
         return iter(self._events)
 
     def of(self, kind: str, node: str | None = None) -> list[Event]:
-        ev = self._events
-        return [_event(ev.t[i], k, ev.node[i], ev.data[i]) for i, k in enumerate(ev.kind)
-                if k == kind and (node is None or ev.node[i] == node)]
+        return [_event(*row) for row in self.rows((kind,)) if node is None or row[2] == node]
 
     def of_kinds(self, kinds: Container[str]) -> list[Event]:
         """The events of any of these kinds, in order."""

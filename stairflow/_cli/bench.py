@@ -223,8 +223,8 @@ def _bench(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) ->
 
 def _read_share(report: Report) -> float | None:
     """Of what its inputs sent, the share the node before the output had read (in %)."""
-    last = report.trace.meta.get("output")
-    feeding = [e.data["edge"][0] for e in report.trace.of("chunk") if e.data["edge"][1] == last]
+    meta = report.trace.meta
+    feeding = [src for src, dst, *_ in meta.get("edges", ()) if dst == meta.get("output")]
     node = report.nodes.get(feeding[0]) if feeding else None
     if node is None or not node.read:
         return None

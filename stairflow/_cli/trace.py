@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from .._chrome import to_chrome
 from .._errors import ConfigError
@@ -21,6 +20,7 @@ from .._timeline import draw
 __all__ = ["TRACE_FORMATS", "add_parsers", "write_trace"]
 
 TRACE_FORMATS = ("stairflow", "chrome")
+T = TypeVar("T")
 
 
 def add_parsers(sub: Any) -> None:
@@ -82,11 +82,11 @@ def _timeline(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO)
     return 0
 
 
-@contextmanager
-def _writing(output: str, source: str) -> Iterator[None]:
-    """A file that cannot be written, or events that are not a run's, as one-line errors."""
+def _guarded(action: Callable[[], T], output: str, source: str) -> T:
+    """``action()``, with a file that cannot be written, or events that are not a run's, as
+    one-line errors."""
     try:
-        yield
+        return action()
     except OSError as exc:
         raise ConfigError(f"-o {output}: cannot write there ({exc.strerror or exc}); give a "
                           "file in an existing directory") from None
@@ -97,16 +97,13 @@ def _writing(output: str, source: str) -> Iterator[None]:
 
 def draw_picture(traces: list[dict[str, Any]], output: str, source: str = "the trace") -> Path:
     """`draw`, with its failures as one-line errors."""
-    with _writing(output, source):
-        return draw(traces, output)
-    raise AssertionError("unreachable")  # mypy: the context manager may swallow
+    return _guarded(lambda: draw(traces, output), output, source)
 
 
 def _convert(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     data = _read(args.input)
     target = Path(args.output)
-    with _writing(args.output, args.input):
-        write_trace(data, target, args.to)
+    _guarded(lambda: write_trace(data, target, args.to), args.output, args.input)
     print(f"wrote {target} ({args.to}: open it in ui.perfetto.dev or chrome://tracing)",
           file=out)
     return 0

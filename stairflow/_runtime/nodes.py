@@ -186,7 +186,7 @@ async def _call(run: Run, req: Request, flight: _InFlight | None = None) -> str 
                         await out.emit(token)
                         continue
                     flight.emitting = True
-                    flight.written, flight.last = flight.written + 1, trio.current_time()
+                    flight.written, flight.last = flight.written + 1, run.trace.clock()
                     await out.emit(token)
                     flight.emitting = False
                     if flight.cut:  # cut while this token was being delivered
