@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -68,3 +69,18 @@ def test_the_schedules_document_is_what_its_script_prints():
         sys.path.pop(0)
     assert (ROOT / "docs" / "schedules.md").read_text() == schedules.document(), \
         "regenerate it: python benchmarks/schedules.py --write docs/schedules.md"
+
+
+def test_the_benchmarks_document_is_what_its_script_prints():
+    # the simulated figures are computed again now; the local model's come from the record
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import paper
+    finally:
+        sys.path.pop(0)
+    text = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert text == paper.document(json.loads(paper.RECORD.read_text())), \
+        "regenerate it: python benchmarks/paper.py --write docs/benchmarks.md [--reuse-local]"
+    pictures = re.findall(r"\]\((images/[^)]+)\)", text)
+    assert len(pictures) == 4
+    assert all((ROOT / "docs" / p).stat().st_size > 10_000 for p in pictures)

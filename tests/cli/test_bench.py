@@ -19,6 +19,11 @@ def test_the_table_compares_the_modes_in_under_a_second_of_virtual_time():
     assert rows["TTFT (s)"].split()[2:] == ["0.244", "[0.244-0.244]", "10.576",
                                             "[10.576-10.576]", "0.02"]
     assert rows["LLM calls"].split()[-1] == "2.00"
+    # the paper's bound, read from each run's trace: the simulation adds nothing to it
+    assert rows["TTFT bound: inputs ready + prefill (s)"].split()[-5:] == [
+        "0.244", "[0.244-0.244]", "10.576", "[10.576-10.576]", "0.02"]
+    assert rows["time stairflow added to TTFT (ms)"].split()[-5:] == [
+        "0", "[0-0]", "0", "[0-0]", "-"]
     assert "85.5" in rows["inputs read by the last node (%)"]
 
 
@@ -94,6 +99,8 @@ def test_ctrl_c_stops_and_still_prints_what_was_measured(tmp_path, monkeypatch):
     assert code == 130
     data = json.loads(out)
     assert data["interrupted"] and data["runs_per_mode"] == {"staircase": 1, "normal": 1}
+    # an fn node answers: it sends no request, so there is no bound to give
+    assert data["metrics"]["TTFT bound: inputs ready + prefill"]["staircase"] is None
     assert "interrupted; the table holds the runs that finished" in err
 
 
