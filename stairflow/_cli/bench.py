@@ -40,7 +40,7 @@ MODES: tuple[Mode, Mode] = ("staircase", "normal")
 METRICS: tuple[tuple[str, str, Callable[[Report], float | None]], ...] = (
     ("TTFT", "s", lambda r: r.ttft_s),
     ("TTFT bound: inputs ready + prefill", "s", lambda r: _bound(r)),
-    ("time stairflow added to TTFT", "ms", lambda r: _added_ms(r)),
+    ("TTFT beyond the bound", "ms", lambda r: _beyond_ms(r)),
     ("total time", "s", lambda r: r.total_s),
     ("final-answer tokens/s", "", lambda r: r.tokens_per_s),
     ("prompt tokens", "", lambda r: r.prompt_tokens),
@@ -232,8 +232,9 @@ def _last_node(report: Report) -> str | None:
 
 def _bound(report: Report) -> float | None:
     """The paper's bound on TTFT, ``max_i T(R_i1) + T_prefill``, from the run's own timings:
-    when the chunks the last node's first answering step read were all complete, plus that
-    step's request's time to its first token (None if that node sends no requests)."""
+    when the chunks the last node's first step read were all complete, plus the time from
+    sending the request that wrote its first token to that token (None if that node sends
+    no requests)."""
     node, trace = _last_node(report), report.trace
     firsts = [(t, data["step"]) for t, _, n, data in trace.rows(("first_token",)) if n == node]
     if not firsts:
@@ -243,11 +244,7 @@ def _bound(report: Report) -> float | None:
                  if n == node and data["step"] == step), None)
     if sent is None:  # an fn node: it writes without asking a model
         return None
-    taken: dict[str, int] = {}
-    for _, _, n, data in trace.rows(("step_start",)):
-        if n == node and data["step"] <= step:
-            for src, count in data["consumed"].items():
-                taken[src] = taken.get(src, 0) + count
+    taken = next(data["consumed"] for _, _, n, data in trace.rows(("step_start",)) if n == node)
     done: dict[str, list[float]] = {}
     for t, _, _, data in trace.rows(("chunk",)):
         if data["edge"][1] == node:
@@ -256,8 +253,10 @@ def _bound(report: Report) -> float | None:
     return ready + (first - sent)
 
 
-def _added_ms(report: Report) -> float | None:
-    """TTFT less its bound: the time stairflow itself put before the first token (in ms)."""
+def _beyond_ms(report: Report) -> float | None:
+    """TTFT less its bound (in ms): stairflow's own time, and what the graph adds on purpose
+    (a first step cut to start the final one, a join's wait, a trigger on the edge into the
+    output that waits for more than a token)."""
     bound = _bound(report)
     return None if bound is None or report.ttft_s is None else 1000 * (report.ttft_s - bound)
 

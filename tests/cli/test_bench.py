@@ -22,7 +22,7 @@ def test_the_table_compares_the_modes_in_under_a_second_of_virtual_time():
     # the paper's bound, read from each run's trace: the simulation adds nothing to it
     assert rows["TTFT bound: inputs ready + prefill (s)"].split()[-5:] == [
         "0.244", "[0.244-0.244]", "10.576", "[10.576-10.576]", "0.02"]
-    assert rows["time stairflow added to TTFT (ms)"].split()[-5:] == [
+    assert rows["TTFT beyond the bound (ms)"].split()[-5:] == [
         "0", "[0-0]", "0", "[0-0]", "-"]
     assert "85.5" in rows["inputs read by the last node (%)"]
 
@@ -120,3 +120,27 @@ def test_sweeps_of_the_first_chunk_and_the_layout():
                        "8,16")
     assert out.count("medians of 1 staircase") == 2 and "first chunk 16:\n" in out
 
+
+
+def test_a_first_step_cut_to_start_the_final_one_shows_beyond_the_bound(tmp_path):
+    # the aggregator's server answers after 2 s: its first step (sent at 0.168 s, when the
+    # first chunks were in) is cut when the 20-token proposals end at 0.368 s, and the final
+    # step writes the first token; the bound counts from the first chunks, so the cut's
+    # 0.2 s shows beyond it
+    graph = tmp_path / "cut.toml"
+    graph.write_text(
+        'name = "cut"\ndefault_input = "Why?"\n[sim]\nlatency_s = 0.05\nprefill_tps = 4000\n'
+        'decode_tps = 60\noutput_tokens = 20\n[nodes.q]\nkind = "input"\n'
+        '[nodes.p1]\nkind = "llm"\nsim = { seed = 1 }\n[nodes.p2]\nkind = "llm"\n'
+        'sim = { seed = 2 }\n[nodes.agg]\nkind = "llm"\nsim = { latency_s = 2.0 }\n'
+        '[nodes.out]\nkind = "output"\n[[edges]]\nfrom = "q"\nto = ["p1", "p2"]\n'
+        '[[edges]]\nfrom = ["p1", "p2"]\nto = "agg"\n[[edges]]\nfrom = "agg"\nto = "out"\n')
+    code, out, err = cli("bench", str(graph), "--virtual-clock", "--repeat", "1", "--json")
+    assert code == 0, err
+    metrics = json.loads(out)["metrics"]
+    stair = {k: metrics[k]["staircase"]["median"] for k in
+             ("TTFT", "TTFT bound: inputs ready + prefill", "TTFT beyond the bound")}
+    assert stair["TTFT"] == pytest.approx(metrics["TTFT"]["normal"]["median"])  # no regret
+    assert stair["TTFT beyond the bound"] == pytest.approx(200.0, abs=1.0)
+    assert stair["TTFT bound: inputs ready + prefill"] == pytest.approx(
+        stair["TTFT"] - 0.2, abs=1e-3)
