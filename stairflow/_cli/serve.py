@@ -1,0 +1,182 @@
+"""``stairflow serve GRAPH...``: graphs as OpenAI-compatible chat models over HTTP.
+
+Hypercorn serves the ASGI app of `stairflow._serve.app` with its Trio worker, in the same
+Trio run as the graphs' backends: one backend per graph, opened once (the local model
+started once for all of them). ``serve`` without a graph is the old spelling of
+``stairflow local start --foreground``: it still works, with a warning, for one release.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ipaddress
+import os
+import signal
+from contextlib import AsyncExitStack
+from typing import Any, TextIO
+
+import trio
+
+from .._backends.base import describe_backend
+from .._backends.local import LocalModelMissing
+from .._backends.select import needs_local_model, open_backend, sharing_local_model
+from .._errors import ConfigError
+from .._graphfile import resolve_graph
+from .._serve.app import App, Limits, Served
+from .common import GRAPH_HELP
+from .local import serve_local
+from .run import add_backend_options, backend_choice
+
+__all__ = ["add_parser"]
+
+
+def add_parser(sub: Any) -> None:
+    s = sub.add_parser(
+        "serve", help="serve graphs as OpenAI-compatible chat models over HTTP",
+        description="Serve each graph as a model named as the graph: POST /v1/chat/completions "
+                    "(streamed or not), GET /v1/models, GET /health. The llm nodes' models "
+                    "are found as for 'stairflow run'.")
+    s.add_argument("graphs", nargs="*", metavar="GRAPH", help=GRAPH_HELP)
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, help="port to listen on (default 8000; 0: any free one)")
+    s.add_argument("--mode", choices=["staircase", "normal"], default="staircase")
+    s.add_argument("--server-key-env", metavar="VAR",
+                   help="require 'Authorization: Bearer KEY' on /v1, KEY read from this "
+                        "environment variable")
+    s.add_argument("--max-concurrent", type=int, default=Limits.max_concurrent, metavar="N",
+                   help=f"runs at once; more requests get 429 (default {Limits.max_concurrent})")
+    s.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes, metavar="N",
+                   help=f"largest request body (default {Limits.max_body_bytes})")
+    s.add_argument("--max-messages", type=int, default=Limits.max_messages, metavar="N",
+                   help=f"most messages in a request (default {Limits.max_messages})")
+    s.add_argument("--max-answer-tokens", type=int, default=Limits.max_answer_tokens,
+                   metavar="N", help="largest max_tokens a request may ask for (default "
+                                     f"{Limits.max_answer_tokens})")
+    s.add_argument("--log-prompts", action="store_true",
+                   help="log each request's conversation and answer (off: never logged)")
+    add_backend_options(s)
+    s.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    if not args.graphs:  # the old spelling: keep the local model running
+        print("stairflow: warning: 'stairflow serve' without a graph is deprecated and will "
+              "be removed in the next release; use 'stairflow local start' (in the "
+              "background) or 'stairflow local start --foreground'", file=err, flush=True)
+        return serve_local(8088 if args.port is None else args.port, out)
+    if args.virtual_clock:
+        raise ConfigError("--virtual-clock does not apply to serve (clients wait in real "
+                          "time); use --backend sim for the simulated backend in real time")
+    for flag, value in (("--max-concurrent", args.max_concurrent),
+                        ("--max-body-bytes", args.max_body_bytes),
+                        ("--max-messages", args.max_messages),
+                        ("--max-answer-tokens", args.max_answer_tokens)):
+        if value < 1:
+            raise ConfigError(f"{flag} {value}: use a whole number >= 1")
+    limits = Limits(args.max_body_bytes, args.max_messages, args.max_answer_tokens,
+                    args.max_concurrent)
+    key = _server_key(args.server_key_env)
+    graphs = {}
+    for spec in args.graphs:
+        graph = resolve_graph(spec).with_mode(args.mode)
+        if args.max_tokens is not None:
+            graph = graph.capped(args.max_tokens)
+        if graph.name in graphs:
+            raise ConfigError(f"{spec}: a graph named '{graph.name}' is served already; "
+                              "each model needs its own name")
+        graphs[graph.name] = graph
+    choice, options = backend_choice(args)
+    port = 8000 if args.port is None else args.port
+    if not _loopback(args.host) and key is None:
+        print(f"stairflow: warning: serving on {args.host} without --server-key-env: anyone "
+              "who can reach this port can run the graphs (and spend their models' tokens)",
+              file=err, flush=True)
+
+    def log(line: str) -> None:
+        print(f"stairflow serve: {line}", file=err, flush=True)
+
+    async def main() -> None:
+        from hypercorn.config import Config
+        from hypercorn.trio import serve
+
+        async with AsyncExitStack() as stack:
+            if any(needs_local_model(g, choice, options) for g in graphs.values()):  # type: ignore[arg-type]
+                await stack.enter_async_context(sharing_local_model())
+            served = {}
+            for name, graph in graphs.items():
+                own = copy.deepcopy(choice) if not isinstance(choice, str) else choice
+                backend = await stack.enter_async_context(
+                    open_backend(graph, own, **options))  # type: ignore[arg-type]
+                served[name] = Served(graph, backend)
+            app = App(served, api_key=key, limits=limits, log=log,
+                      log_prompts=args.log_prompts)
+            config = Config()
+            config.bind = [f"[{args.host}]:{port}" if ":" in args.host else
+                           f"{args.host}:{port}"]
+            config.accesslog = None  # the app logs each request, without its text
+            config.graceful_timeout = 2.0
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+
+                async def shutdown() -> None:
+                    async for _ in signals:
+                        return
+
+                async with trio.open_nursery() as nursery:
+                    bound = await nursery.start(
+                        lambda task_status: serve(app, config,  # type: ignore[arg-type]
+                                                  shutdown_trigger=shutdown,
+                                                  task_status=task_status))
+                    names = ", ".join(graphs)
+                    where = {describe_backend(s.backend).name for s in served.values()}
+                    print(f"serving {names} ({args.mode}; {', '.join(sorted(where))}) as "
+                          f"OpenAI-compatible models at {bound[0]}/v1 (Ctrl-C to stop)",
+                          file=out, flush=True)
+                    if any(describe_backend(s.backend).simulated for s in served.values()):
+                        print("[simulated backend: placeholder text, timings from the timing "
+                              "model, real time; answers say system_fingerprint "
+                              "'stairflow-simulated']", file=err, flush=True)
+
+    try:
+        trio.run(main)
+    except LocalModelMissing as exc:
+        raise ConfigError(f"{exc}; or serve the simulated backend: --backend sim, or "
+                          "--base-url URL --model M") from None
+    except (OSError, BaseExceptionGroup) as exc:  # the address is taken, or not ours
+        error = _leaf(exc, OSError)
+        if error is None:
+            raise
+        raise ConfigError(f"cannot listen on {args.host}:{port} ({error.strerror or error}); "
+                          "pick another --port or --host") from None
+    return 0
+
+
+def _leaf(exc: BaseException, kind: type[OSError]) -> OSError | None:
+    """``exc`` if it is a ``kind``, or the one ``kind`` a group of exceptions holds."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [_leaf(e, kind) for e in exc.exceptions]
+        found = [e for e in leaves if e is not None]
+        return found[0] if len(found) == 1 and len(exc.exceptions) == 1 else None
+    return None
+
+
+def _server_key(var: str | None) -> str | None:
+    if var is None:
+        return None
+    key = os.environ.get(var, "")
+    if not key:
+        raise ConfigError(f"--server-key-env {var}: the environment variable {var} is not set "
+                          "or empty; export the key there")
+    return key
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,1 @@
+"""The HTTP server of `stairflow serve`: graphs as OpenAI-compatible chat models."""

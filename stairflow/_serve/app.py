@@ -1,0 +1,366 @@
+"""The ASGI app of `stairflow serve`: graphs answering as OpenAI chat models, on Trio.
+
+    GET  /health                 200 {"status": "ok", "models", "runs_in_flight"} (no key)
+    GET  /v1/models              one model per served graph, named as the graph
+    GET  /v1/models/{name}
+    POST /v1/chat/completions    the graph named by ``model`` runs on the conversation;
+                                 its answer streams as server-sent events (``stream``) or
+                                 comes whole
+
+A request's run is cancelled, with every model request it made, as soon as its client goes
+away (``http.disconnect``). Past ``max_concurrent`` runs in flight a request gets 429 at
+once rather than a queue. Requests and answers are never logged unless ``log_prompts``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import trio
+from pydantic import ValidationError
+
+from .._backends.base import Backend, describe_backend
+from .._errors import StairflowError
+from .._graph import FrozenGraph, LLMNode
+from .._runtime.run import Run, open_run
+from .schema import ApiError, ChatRequest, conversation, from_validation
+
+__all__ = ["App", "Limits", "Served"]
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 1 << 20
+    max_messages: int = 256
+    max_answer_tokens: int = 4096  # the largest max_tokens a request may ask for
+    max_concurrent: int = 32  # runs in flight; more get 429
+
+
+@dataclass(frozen=True)
+class Served:
+    graph: FrozenGraph
+    backend: Backend
+
+
+class _Gone(Exception):
+    """The client went away before its request was read."""
+
+
+class App:
+    def __init__(self, graphs: Mapping[str, Served], *, api_key: str | None = None,
+                 limits: Limits = Limits(), log: Callable[[str], None] = lambda line: None,
+                 log_prompts: bool = False) -> None:
+        self.graphs = dict(graphs)
+        self.limits = limits
+        self.log = log
+        self.log_prompts = log_prompts
+        self.in_flight = 0
+        self.created = int(time.time())
+        self._key = None if api_key is None else api_key.encode()
+        # what each answer says it came from: a simulated backend's text is a placeholder
+        self.fingerprints = {name: "stairflow-simulated" if describe_backend(s.backend).simulated
+                             else "stairflow" for name, s in self.graphs.items()}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        start = time.perf_counter()
+        status, note = 500, ""
+        try:
+            status, note = await self._route(scope, receive, send)
+        except ApiError as exc:
+            status, note = exc.status, exc.code or exc.kind
+            await _json(send, exc.status, exc.body())
+        except _Gone:
+            status, note = 499, "client went away"
+        finally:
+            self.log(f"{scope['method']} {scope['path']} {status} {note} "
+                     f"{time.perf_counter() - start:.3f}s".replace("  ", " "))
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> tuple[int, str]:
+        method, path = scope["method"], scope["path"].rstrip("/")
+        if path == "/health":
+            _allow(method, "GET")
+            await _json(send, 200, {"status": "ok", "models": sorted(self.graphs),
+                                    "runs_in_flight": self.in_flight})
+            return 200, ""
+        if path == "/v1/models" or path.startswith("/v1/models/"):
+            _allow(method, "GET")
+            self._check_key(scope)
+            if path == "/v1/models":
+                await _json(send, 200, {"object": "list", "data": [
+                    self._model(name) for name in sorted(self.graphs)]})
+            else:
+                await _json(send, 200, self._model(self._served(path[len("/v1/models/"):])[0]))
+            return 200, ""
+        if path == "/v1/chat/completions":
+            _allow(method, "POST")
+            self._check_key(scope)
+            request = self._parse(await self._body(scope, receive))
+            name, served = self._served(request.model)
+            if self.in_flight >= self.limits.max_concurrent:
+                raise ApiError(429, f"this server runs at most {self.limits.max_concurrent} "
+                                    "requests at once; retry shortly", kind="requests",
+                               code="rate_limit_exceeded")
+            self.in_flight += 1
+            try:
+                return await self._complete(name, served, request, receive, send)
+            finally:
+                self.in_flight -= 1
+        raise ApiError(404, f"no route {method} {scope['path']}; this server answers "
+                            "/v1/chat/completions, /v1/models and /health", code="not_found")
+
+    # checks
+
+    def _check_key(self, scope: Scope) -> None:
+        if self._key is None:
+            return
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, token = given.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self._key):
+            raise ApiError(401, "missing or incorrect API key: send the key given to this "
+                                "server as 'Authorization: Bearer KEY'", code="invalid_api_key")
+
+    async def _body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.limits.max_body_bytes
+        declared = dict(scope["headers"]).get(b"content-length")
+        too_big = ApiError(413, f"the request body is over {limit} bytes",
+                           code="request_too_large")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_big
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Gone
+            body += message.get("body", b"")
+            if len(body) > limit:
+                raise too_big
+            if not message.get("more_body", False):
+                return bytes(body)
+
+    def _parse(self, body: bytes) -> ChatRequest:
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"the request body is not valid JSON ({exc})",
+                           code="invalid_json") from None
+        try:
+            request = ChatRequest.model_validate(data)
+        except ValidationError as exc:
+            raise from_validation(exc) from None
+        if len(request.messages) > self.limits.max_messages:
+            raise ApiError(400, f"'messages': {len(request.messages)} messages; this server "
+                                f"takes at most {self.limits.max_messages}", param="messages")
+        cap = request.answer_cap
+        if cap is not None and cap > self.limits.max_answer_tokens:
+            raise ApiError(400, f"'max_tokens': {cap}; this server allows at most "
+                                f"{self.limits.max_answer_tokens}", param="max_tokens")
+        return request
+
+    def _served(self, model: str) -> tuple[str, Served]:
+        if model not in self.graphs:
+            raise ApiError(404, f"the model '{model}' does not exist here; this server "
+                                f"serves {', '.join(sorted(self.graphs))}", param="model",
+                           code="model_not_found")
+        return model, self.graphs[model]
+
+    def _model(self, name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": self.created,
+                "owned_by": self.fingerprints[name]}
+
+    # the run
+
+    async def _complete(self, name: str, served: Served, request: ChatRequest,
+                        receive: Receive, send: Send) -> tuple[int, str]:
+        message = conversation(request.messages)
+        graph = _for_request(served.graph, request)
+        answer = _Answer(graph.output, request.answer_cap)
+        fingerprint = self.fingerprints[name]
+        reply = _Reply(send, name, fingerprint, request) if request.stream else None
+        if reply is not None:
+            await reply.start()
+        runs: list[Run] = []
+        error: str | None = None
+        gone = False
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:  # a client that goes away cancels its run
+                nonlocal gone
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                gone = True
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            try:
+                async with open_run(graph, message, backend=served.backend,
+                                    mode=graph.mode) as run:
+                    runs.append(run)
+                    async for event in run:
+                        if event.kind != "chunk" or event.data["edge"][1] != graph.output:
+                            continue
+                        piece = answer.take(event.data)
+                        if reply is not None and piece:
+                            await reply.delta(piece)
+                        if answer.full:
+                            run.cancel()
+                            break
+            except StairflowError as exc:
+                error = str(exc)
+            nursery.cancel_scope.cancel()
+        if gone:
+            return 499, f"{name}: client went away, run cancelled"
+        report = runs[0].report() if runs else None
+        usage = _usage(answer, report)
+        if self.log_prompts:
+            self.log(f"prompt {json.dumps(message)} answer {json.dumps(answer.text)}")
+        ttft = "-" if report is None or report.ttft_s is None else f"{report.ttft_s:.3f}s"
+        note = f"{name} ttft={ttft} tokens={answer.tokens}"
+        if error is not None:
+            failure = ApiError(502, f"the graph '{name}' failed: {error}", kind="server_error",
+                               code="upstream_error")
+            if reply is None:
+                raise failure
+            await reply.error(failure)
+            return 200, f"{note} failed mid-stream"
+        finish = "length" if answer.full else "stop"
+        if reply is not None:
+            await reply.finish(finish, usage)
+        else:
+            await _json(send, 200, {
+                "id": _id(), "object": "chat.completion", "created": int(time.time()),
+                "model": name, "system_fingerprint": fingerprint, "choices": [{
+                    "index": 0, "finish_reason": finish, "logprobs": None,
+                    "message": {"role": "assistant", "content": answer.text}}],
+                "usage": usage})
+        return 200, note
+
+
+class _Answer:
+    """The answer's text as it reaches the output, cut at ``cap`` tokens."""
+
+    def __init__(self, output: str, cap: int | None) -> None:
+        self.output, self.cap = output, cap
+        self.text, self.tokens, self.full = "", 0, False
+
+    def take(self, chunk: Mapping[str, Any]) -> str:
+        text, tokens = chunk["text"], chunk["tokens"]
+        if self.cap is not None and self.tokens + tokens >= self.cap:
+            keep = self.cap - self.tokens
+            ends = chunk["token_ends"]
+            if keep < len(ends):
+                text = text[:ends[keep - 1]] if keep > 0 else ""
+            tokens, self.full = keep, True
+        self.text += text
+        self.tokens += tokens
+        return str(text)
+
+
+class _Reply:
+    """A streamed answer: OpenAI's ``chat.completion.chunk`` server-sent events."""
+
+    def __init__(self, send: Send, model: str, fingerprint: str, request: ChatRequest) -> None:
+        self.send, self.model, self.fingerprint = send, model, fingerprint
+        self.id, self.created = _id(), int(time.time())
+        options = request.stream_options
+        self.include_usage = bool(options and options.include_usage)
+
+    async def start(self) -> None:
+        await self.send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]})
+        await self._chunk({"role": "assistant", "content": ""})
+
+    async def delta(self, text: str) -> None:
+        await self._chunk({"content": text})
+
+    async def finish(self, reason: str, usage: dict[str, Any]) -> None:
+        await self._chunk({}, reason)
+        if self.include_usage:
+            await self._event({**self._head(), "choices": [], "usage": usage})
+        await self._end()
+
+    async def error(self, error: ApiError) -> None:
+        await self._event(error.body())
+        await self._end()
+
+    def _head(self) -> dict[str, Any]:
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model, "system_fingerprint": self.fingerprint}
+
+    async def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> None:
+        await self._event({**self._head(), "choices": [
+            {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+            **({"usage": None} if self.include_usage else {})})
+
+    async def _event(self, data: dict[str, Any]) -> None:
+        body = b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+        await self.send({"type": "http.response.body", "body": body, "more_body": True})
+
+    async def _end(self) -> None:
+        await self.send({"type": "http.response.body", "body": b"data: [DONE]\n\n",
+                         "more_body": False})
+
+
+def _for_request(graph: FrozenGraph, request: ChatRequest) -> FrozenGraph:
+    """The graph with the request's temperature on the llm nodes whose answer is the
+    reply (the others keep theirs: a Mixture-of-Agents wants its proposers' variety)."""
+    if request.temperature is None:
+        return graph
+    answering = {e.src for e in graph.edges if e.dst == graph.output}
+    nodes = {n: replace(v, temperature=float(request.temperature))
+             if isinstance(v, LLMNode) and n in answering else v
+             for n, v in graph.nodes.items()}
+    return replace(graph, nodes=nodes)
+
+
+def _usage(answer: _Answer, report: Any) -> dict[str, Any]:
+    prompt = report.prompt_tokens if report is not None else 0
+    extra = {} if report is None else {
+        "graph": report.graph, "mode": report.mode, "simulated": report.simulated,
+        "ttft_s": report.ttft_s, "total_s": report.total_s, "llm_calls": report.llm_calls,
+        "prompt_tokens": report.prompt_tokens, "cached_tokens": report.cached_tokens}
+    return {"prompt_tokens": prompt, "completion_tokens": answer.tokens,
+            "total_tokens": prompt + answer.tokens,
+            "prompt_tokens_details": {"cached_tokens": extra.get("cached_tokens", 0)},
+            "stairflow": extra}
+
+
+def _id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def _allow(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise ApiError(405, f"use {allowed} here, not {method}", code="method_not_allowed")
+
+
+async def _json(send: Send, status: int, data: dict[str, Any]) -> None:
+    body = json.dumps(data).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

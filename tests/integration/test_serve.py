@@ -1,0 +1,211 @@
+"""`stairflow serve` as a real process, used through the official `openai` client.
+
+On the simulated backend (real time) and on a real llama-server: the answer streams with the
+graph's own TTFT, and clients that go away leave no model request open.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.integration.conftest import LOCAL_MODEL, Server
+
+pytestmark = pytest.mark.integration
+
+ASK = [{"role": "user", "content": "Why is the sky blue?"}]
+PIDS: dict[str, int] = {}
+
+
+@contextmanager
+def serving(*args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``stairflow serve ARGS --port 0`` in its own process; yields its /v1 URL (its process
+    id in ``PIDS[url]``)."""
+    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: nothing blocks its logging
+        proc = subprocess.Popen([sys.executable, "-m", "stairflow", "serve", *args, "--port",
+                                 "0"], stdout=subprocess.PIPE, stderr=log, text=True,
+                                env={**os.environ, **(env or {})})
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()  # printed once it listens
+            log.seek(0)
+            assert "/v1" in line, log.read()
+            url = line.split(" at ")[1].split()[0]
+            PIDS[url] = proc.pid
+            yield url
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=15)
+        assert proc.returncode == 0  # SIGTERM stops it cleanly
+
+
+def health(url: str) -> dict[str, object]:
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=5) as r:
+        data: dict[str, object] = json.load(r)
+        return data
+
+
+def stream_ttft(client: openai.OpenAI, **kw: object) -> tuple[float, float, str]:
+    """The client's time to the first text, the graph's own TTFT, and the answer."""
+    start = time.perf_counter()
+    first, text, graph_ttft = None, "", None
+    for chunk in client.chat.completions.create(
+            model="moa", messages=ASK, stream=True,  # type: ignore[arg-type]
+            stream_options={"include_usage": True}, max_tokens=16,  # ends the run soon after
+            **kw):  # type: ignore[call-overload]
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or time.perf_counter() - start
+            text += chunk.choices[0].delta.content
+        if chunk.usage is not None:
+            graph_ttft = (chunk.usage.model_extra or {})["stairflow"]["ttft_s"]
+    assert first is not None and graph_ttft is not None
+    return first, graph_ttft, text
+
+
+def test_the_openai_client_streams_with_the_graphs_own_ttft_simulated():
+    with serving("moa", "--backend", "sim") as url:
+        client = openai.OpenAI(base_url=url, api_key="unused")
+        assert [m.id for m in client.models.list()] == ["moa"]
+        stream_ttft(client)  # the first request also opens the connection
+        for _ in range(3):
+            client_ttft, graph_ttft, text = stream_ttft(client)
+            # the simulated staircase TTFT is 0.244 s; the server streams it as it comes (a
+            # buffered answer would arrive after the whole 7.8-s run)
+            assert graph_ttft == pytest.approx(0.244, abs=0.03)
+            assert 0 <= client_ttft - graph_ttft < 0.05
+            assert text
+        whole = client.chat.completions.create(model="moa", messages=ASK,  # type: ignore[arg-type]
+                                               max_tokens=5)
+        assert whole.usage is not None and whole.usage.completion_tokens == 5
+        assert whole.system_fingerprint == "stairflow-simulated"
+
+
+def test_a_wrong_key_and_an_unknown_model_through_the_client():
+    with serving("moa", "--backend", "sim", "--server-key-env", "SERVE_KEY",
+                 env={"SERVE_KEY": "k3y"}) as url:
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url, api_key="nope").models.list()
+        client = openai.OpenAI(base_url=url, api_key="k3y")
+        with pytest.raises(openai.NotFoundError, match="does not exist"):
+            client.chat.completions.create(model="gpt-4", messages=ASK)  # type: ignore[arg-type]
+
+
+def local_args(server: Server) -> list[str]:
+    return ["--base-url", server.base_url, "--model", LOCAL_MODEL, "--continuation",
+            "completions", "--prompt-format", "document", "--max-tokens", "48"]
+
+
+def test_the_openai_client_streams_with_the_graphs_own_ttft_on_the_local_model(
+        server: Server):
+    with serving("moa", *local_args(server)) as url:
+        client = openai.OpenAI(base_url=url, api_key="unused")
+        stream_ttft(client)
+        client_ttft, graph_ttft, text = stream_ttft(client)
+        assert 0 <= client_ttft - graph_ttft < 0.05 and text
+
+
+def slots_busy(server: Server) -> int:
+    return sum(1 for s in json.loads(server.get("/slots")) if s.get("is_processing"))
+
+
+def test_a_hundred_cancelled_streams_leave_no_model_request_open(server: Server):
+    with serving("moa", *local_args(server)) as url:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        busy_seen: list[int] = []
+
+        def leave_early(n: int) -> None:
+            stream = client.chat.completions.create(model="moa", messages=ASK, stream=True)  # type: ignore[arg-type]
+            next(iter(stream))  # the answer has begun: the run is under way
+            # the client's own think time, not a wait for the server: it leaves at a moment of
+            # its choosing, with the proposers' requests queued, prefilling or writing
+            time.sleep(random.Random(n).uniform(0.0, 0.6))
+            busy_seen.append(slots_busy(server))
+            stream.close()  # the client goes away mid-answer
+
+        for round_ in range(10):
+            threads = [threading.Thread(target=leave_early, args=(round_ * 10 + k,))
+                       for k in range(10)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+        assert max(busy_seen) > 0  # the runs were talking to the model when they were left
+        # stairflow's side, at once: no run in flight, no connection to the model server open
+        # (every request the runs made was cancelled: none completed, so none was pooled)
+        deadline = time.monotonic() + 0.5
+        while (upstream_connections(PIDS[url], server.port) or health(url)["runs_in_flight"]) \
+                and time.monotonic() < deadline:  # another process's bookkeeping: poll it
+            time.sleep(0.02)
+        assert upstream_connections(PIDS[url], server.port) == 0
+        assert health(url)["runs_in_flight"] == 0
+        # llama-server's side: it drops what it had queued for the closed connections when it
+        # reaches them (about a second here)
+        deadline = time.monotonic() + 10
+        while slots_busy(server) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert slots_busy(server) == 0
+
+
+def upstream_connections(pid: int, port: int) -> int:
+    """Open TCP connections from process ``pid`` to ``port`` on loopback (Linux /proc)."""
+    fds = Path(f"/proc/{pid}/fd")
+    sockets = set()
+    for fd in fds.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            sockets.add(target[len("socket:["):-1])
+    count = 0
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            if fields[9] in sockets and remote_port == port and fields[3] == "01":  # ESTABLISHED
+                count += 1
+    return count
+
+
+def test_the_client_example_in_the_serving_docs_works(capsys: pytest.CaptureFixture[str]):
+    docs = (Path(__file__).parents[2] / "docs" / "serving.md").read_text()
+    (example,) = re.findall(r"```python client\n(.*?)```", docs, flags=re.S)
+    with serving("moa", "--backend", "sim") as url:
+        exec(compile(example.replace("http://127.0.0.1:8000/v1", url), "serving.md", "exec"),
+             {})
+    printed = capsys.readouterr().out
+    assert "'llm_calls':" in printed and "'ttft_s':" in printed
+
+
+def test_a_taken_port_and_a_public_address_without_a_key():
+    with serving("moa", "--backend", "sim") as url:
+        port = url.rsplit(":", 1)[1].split("/")[0]
+        taken = subprocess.run([sys.executable, "-m", "stairflow", "serve", "moa", "--backend",
+                                "sim", "--port", port], capture_output=True, text=True,
+                               timeout=60, check=False)
+        assert taken.returncode == 2
+        assert taken.stderr.startswith(f"stairflow: error: cannot listen on 127.0.0.1:{port}")
+    proc = subprocess.Popen([sys.executable, "-m", "stairflow", "serve", "moa", "--backend",
+                             "sim", "--host", "0.0.0.0", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert "/v1" in proc.stdout.readline()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=15)
+    assert "serving on 0.0.0.0 without --server-key-env" in err

@@ -1,0 +1,319 @@
+"""The HTTP app of `stairflow serve`, driven in process over ASGI, in virtual time.
+
+No sockets: each test calls the app as Hypercorn would (``scope``, ``receive``, ``send``)
+with the simulated backend under Trio's MockClock, so times are exact.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import stairflow as sf
+from stairflow._serve.app import App, Limits, Served
+from stairflow.testing import run_virtual
+
+MOA = sf.resolve_graph("moa")
+ASK = {"model": "moa", "messages": [{"role": "user", "content": "Why is the sky blue?"}]}
+
+
+class Counting:
+    """The simulated backend, counting the model streams open at each moment."""
+
+    name = "simulated (counting)"
+    simulated = True
+
+    def __init__(self, graph: sf.FrozenGraph, fail_after: int | None = None) -> None:
+        self.inner = sf.SimBackend.for_graph(graph)
+        self.open = 0
+        self.requests: list[sf.Request] = []
+        self.fail_after = fail_after
+
+    def rates(self, node: str) -> Any:
+        return self.inner.rates(node)
+
+    @asynccontextmanager
+    async def open_stream(self, request: sf.Request) -> AsyncIterator[Any]:
+        self.open += 1
+        self.requests.append(request)
+        try:
+            async with self.inner.open_stream(request) as stream:
+                yield _Failing(stream, self.fail_after) if self.fail_after else stream
+        finally:
+            self.open -= 1
+
+
+class _Failing:
+    def __init__(self, stream: Any, after: int) -> None:
+        self.stream, self.left = stream, after
+        self.usage = stream.usage
+
+    def __aiter__(self) -> _Failing:
+        return self
+
+    async def __anext__(self) -> str:
+        self.left -= 1
+        if self.left < 0:
+            raise sf.BackendError("p1", "the model server closed the stream")
+        token: str = await self.stream.__anext__()
+        return token
+
+
+@dataclass
+class Response:
+    status: int = 0
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+    body: bytes = b""
+    times: list[float] = field(default_factory=list)  # when each body part was sent
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def events(self) -> list[Any]:
+        """The server-sent events' data, parsed ([DONE] as the string)."""
+        out = []
+        for block in self.body.decode().split("\n\n"):
+            if block:
+                assert block.startswith("data: ")
+                data = block[len("data: "):]
+                out.append(data if data == "[DONE]" else json.loads(data))
+        return out
+
+
+async def call(app: App, method: str, path: str, body: Any = None, *,
+               headers: tuple[tuple[bytes, bytes], ...] = (),
+               leave_after: Callable[[Response], bool] | None = None) -> Response:
+    """One request; ``leave_after`` says when the client goes away (disconnects)."""
+    raw = body if isinstance(body, bytes) else b"" if body is None else json.dumps(body).encode()
+    parts = [{"type": "http.request", "body": raw, "more_body": False}]
+    gone = trio.Event()
+    response = Response()
+
+    async def receive() -> dict[str, Any]:
+        if parts:
+            return parts.pop(0)
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            response.status = message["status"]
+            response.headers = dict(message["headers"])
+        else:
+            response.body += message.get("body", b"")
+            response.times.append(trio.current_time())
+            if leave_after is not None and leave_after(response):
+                gone.set()
+
+    scope = {"type": "http", "method": method, "path": path,
+             "headers": [(b"content-length", str(len(raw)).encode()), *headers]}
+    await app(scope, receive, send)
+    return response
+
+
+def serve(fn: Callable[[App, Counting], Any], *, graph: sf.FrozenGraph = MOA,
+          fail_after: int | None = None, **kw: Any) -> Any:
+    """Run ``fn(app, backend)`` in virtual time; the run starts at t = 0."""
+    backend = Counting(graph, fail_after)
+    app = App({graph.name: Served(graph, backend)}, **kw)  # type: ignore[arg-type]
+    return trio.run(fn, app, backend, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_streamed_answer_has_the_in_process_ttft_exactly():
+    ask = {**ASK, "stream": True, "stream_options": {"include_usage": True}}
+    alone = run_virtual(MOA, "Why is the sky blue?")
+
+    async def go(app: App, backend: Counting) -> Response:
+        return await call(app, "POST", "/v1/chat/completions", ask)
+
+    r = serve(go)
+    assert r.status == 200 and r.headers[b"content-type"].startswith(b"text/event-stream")
+    events = r.events()
+    assert events[-1] == "[DONE]"
+    first, *chunks, last_choice, usage, _ = events
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert all(e["object"] == "chat.completion.chunk" and e["model"] == "moa" for e in chunks)
+    assert {e["id"] for e in events[:-1]} == {first["id"]}
+    text = "".join(e["choices"][0]["delta"]["content"] for e in chunks)
+    assert text == alone.output
+    assert last_choice["choices"][0]["finish_reason"] == "stop"
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == alone.output_tokens
+    extra = usage["usage"]["stairflow"]
+    assert extra["llm_calls"] == alone.llm_calls and extra["prompt_tokens"] == alone.prompt_tokens
+    assert first["system_fingerprint"] == "stairflow-simulated"
+    # the first text leaves the server at the graph's own TTFT: the server adds no time
+    first_text = next(t for t, e in zip(r.times, events, strict=False)
+                      if isinstance(e, dict) and e["choices"] and
+                      e["choices"][0]["delta"].get("content"))
+    assert first_text == pytest.approx(alone.ttft_s, abs=1e-9) and extra["ttft_s"] == alone.ttft_s
+
+
+def test_a_whole_answer_and_max_tokens():
+    async def go(app: App, backend: Counting) -> tuple[Response, Response, int, float]:
+        whole = await call(app, "POST", "/v1/chat/completions", ASK)
+        start = trio.current_time()
+        capped = await call(app, "POST", "/v1/chat/completions", {**ASK, "max_tokens": 7})
+        return whole, capped, backend.open, trio.current_time() - start
+
+    whole, capped, still_open, took = serve(go)
+    assert whole.status == 200
+    answer = whole.json()
+    assert answer["object"] == "chat.completion"
+    assert answer["choices"][0]["message"]["content"] == run_virtual(
+        MOA, "Why is the sky blue?").output
+    assert answer["choices"][0]["finish_reason"] == "stop"
+    cut = capped.json()
+    assert cut["usage"]["completion_tokens"] == 7 and cut["choices"][0]["finish_reason"] == "length"
+    assert len(cut["choices"][0]["message"]["content"].split()) == 7  # one word a token here
+    # the capped run was cancelled at its 7th token (not at its end, 7.8 s in), its model
+    # streams closed
+    assert took < 0.5 and still_open == 0
+
+
+def test_a_client_that_goes_away_cancels_its_run_and_every_model_stream():
+    async def go(app: App, backend: Counting) -> tuple[Response, int, int, float]:
+        r = await call(app, "POST", "/v1/chat/completions", {**ASK, "stream": True},
+                       leave_after=lambda r: r.body.count(b"content") >= 4)
+        return r, backend.open, len(backend.requests), trio.current_time()
+
+    r, still_open, requests, ended = serve(go)
+    assert r.status == 200 and b"[DONE]" not in r.body
+    assert requests >= 4 and still_open == 0
+    assert ended < 1.0  # the proposers would have written for 10 s
+
+
+def test_temperature_applies_to_the_answering_node_only():
+    async def go(app: App, backend: Counting) -> list[sf.Request]:
+        await call(app, "POST", "/v1/chat/completions", {**ASK, "temperature": 1.5})
+        return backend.requests
+
+    temps = {r.node: r.temperature for r in serve(go)}
+    assert temps == {"p1": 0.7, "p2": 0.7, "p3": 0.7, "agg": 1.5}
+
+
+def test_earlier_turns_come_before_the_last_message():
+    async def echo(inputs: sf.Inputs) -> AsyncIterator[str]:
+        step = await inputs.collect()
+        yield step.text["q"]
+
+    g = sf.Graph("echo")
+    q = g.input("q")
+    f = g.fn("f", echo)
+    g.connect(q, f)
+    g.connect(f, g.output("o"))
+    graph = g.build()
+    turns = [{"role": "system", "content": "Be brief."},
+             {"role": "user", "content": "Hi"},
+             {"role": "assistant", "content": [{"type": "text", "text": "Hello!"}]},
+             {"role": "user", "content": "Why is the sky blue?"}]
+
+    async def go(app: App, backend: Counting) -> Response:
+        return await call(app, "POST", "/v1/chat/completions",
+                          {"model": "echo", "messages": turns})
+
+    answer = serve(go, graph=graph).json()["choices"][0]["message"]["content"]
+    assert answer == "system: Be brief.\n\nuser: Hi\n\nassistant: Hello!\n\nWhy is the sky blue?"
+
+
+def test_a_model_failing_mid_stream_is_an_error_not_a_short_answer():
+    async def go(app: App, backend: Counting) -> tuple[Response, Response]:
+        streamed = await call(app, "POST", "/v1/chat/completions", {**ASK, "stream": True})
+        whole = await call(app, "POST", "/v1/chat/completions", ASK)
+        return streamed, whole
+
+    streamed, whole = serve(go, fail_after=20)
+    events = streamed.events()
+    assert events[-1] == "[DONE]" and "error" in events[-2]
+    assert "closed the stream" in events[-2]["error"]["message"]
+    assert not any(e["choices"][0]["finish_reason"] for e in events[1:-2])
+    assert whole.status == 502 and whole.json()["error"]["code"] == "upstream_error"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "says"),
+    [
+        (b"{not json", 400, "invalid_json", "not valid JSON"),
+        ({"messages": ASK["messages"]}, 400, None, "'model'"),
+        ({**ASK, "messages": []}, 400, None, "'messages'"),
+        ({**ASK, "messages": [{"role": "wizard", "content": "hi"}]}, 400, None,
+         "'messages.0.role'"),
+        ({**ASK, "max_tokens": "ten"}, 400, None, "'max_tokens'"),
+        ({**ASK, "temperature": 3}, 400, None, "'temperature'"),
+        ({**ASK, "stream": "yes"}, 400, None, "'stream'"),
+        ({**ASK, "messages": [{"role": "assistant", "content": "hi"}]}, 400, None,
+         "must be the user's"),
+        ({**ASK, "max_tokens": 5000}, 400, None, "at most 4096"),
+        ({**ASK, "messages": ASK["messages"] * 300}, 400, None, "at most 256"),
+        ({**ASK, "model": "gpt-4"}, 404, "model_not_found", "'gpt-4' does not exist"),
+        ({**ASK, "messages": [{"role": "user", "content": "x" * 2_000_000}]}, 413,
+         "request_too_large", "over 1048576 bytes"),
+    ],
+)
+def test_bad_requests_get_openai_style_errors(body, status, code, says):
+    async def go(app: App, backend: Counting) -> tuple[Response, int]:
+        return await call(app, "POST", "/v1/chat/completions", body), len(backend.requests)
+
+    r, requests = serve(go)
+    assert r.status == status and requests == 0
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == code
+    assert says in error["message"]
+
+
+def test_keys_routes_and_methods():
+    key = (b"authorization", b"Bearer s3cret")
+
+    async def go(app: App, backend: Counting) -> list[Response]:
+        return [
+            await call(app, "POST", "/v1/chat/completions", ASK),
+            await call(app, "POST", "/v1/chat/completions", ASK,
+                       headers=((b"authorization", b"Bearer wrong"),)),
+            await call(app, "GET", "/v1/models"),
+            await call(app, "GET", "/health"),
+            await call(app, "GET", "/v1/models", headers=(key,)),
+            await call(app, "GET", "/v1/models/moa", headers=(key,)),
+            await call(app, "GET", "/v1/models/nope", headers=(key,)),
+            await call(app, "GET", "/v1/chat/completions", headers=(key,)),
+            await call(app, "GET", "/elsewhere"),
+            await call(app, "POST", "/v1/chat/completions", ASK, headers=(key,)),
+        ]
+
+    lines: list[str] = []
+    (no_key, wrong, models_no_key, health, models, one, nope, method, route,
+     ok) = serve(go, api_key="s3cret", log=lines.append)
+    assert no_key.status == wrong.status == models_no_key.status == 401
+    assert wrong.json()["error"]["code"] == "invalid_api_key"
+    assert "s3cret" not in wrong.body.decode() and "wrong" not in wrong.body.decode()
+    assert health.status == 200 and health.json()["status"] == "ok"
+    assert [m["id"] for m in models.json()["data"]] == ["moa"]
+    assert one.json()["id"] == "moa" and nope.status == 404
+    assert method.status == 405 and route.status == 404
+    assert ok.status == 200
+    # one line per request, without the key or the conversation
+    assert len(lines) == 10 and not any("s3cret" in x or "sky" in x for x in lines)
+
+
+def test_past_the_limit_of_runs_at_once_a_request_gets_429():
+    async def go(app: App, backend: Counting) -> list[Response]:
+        results: list[Response] = []
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(lambda: _append(results, app))
+                await trio.testing.wait_all_tasks_blocked()
+        return results
+
+    results = serve(go, limits=Limits(max_concurrent=2))
+    assert sorted(r.status for r in results) == [200, 200, 429]
+    error = next(r for r in results if r.status == 429).json()["error"]
+    assert error["code"] == "rate_limit_exceeded"
+
+
+async def _append(results: list[Response], app: App) -> None:
+    results.append(await call(app, "POST", "/v1/chat/completions", ASK))
