@@ -78,7 +78,11 @@ async def one_level(url: str, clients: int, seconds: float) -> Level:
                 level.errors[f"HTTP {exc.status_code}"] += 1
                 continue
             except openai.APIError as exc:
-                level.errors[type(exc).__name__] += 1
+                kind = type(exc).__name__
+                if not level.errors[kind]:
+                    print(f"  first {kind}: {exc!r} (cause: {exc.__cause__!r})",
+                          file=sys.stderr)
+                level.errors[kind] += 1
                 continue
             if first is None:
                 level.errors["no text"] += 1
@@ -111,7 +115,7 @@ async def in_process(runs: int = 5) -> float:
     return statistics.median(ttfts)
 
 
-def measure(seconds: float) -> list[str]:
+def measure(seconds: float, levels_asked: tuple[int, ...] = LEVELS) -> list[str]:
     server = subprocess.Popen(
         [sys.executable, "-m", "stairflow", "serve", "moa", "--backend", "sim", "--port", "0",
          "--max-concurrent", "1000"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -125,7 +129,7 @@ def measure(seconds: float) -> list[str]:
         url = match.group(1)
         alone = trio.run(in_process)
         levels = []
-        for clients in LEVELS:
+        for clients in levels_asked:
             print(f"{clients} concurrent clients for {seconds:g} s ...", file=sys.stderr,
                   flush=True)
             levels.append(trio.run(one_level, url, clients, seconds))
@@ -159,9 +163,11 @@ def measure(seconds: float) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=20.0, help="per row (default 20)")
+    ap.add_argument("--levels", default=",".join(map(str, LEVELS)), metavar="N,N,...",
+                    help="concurrent clients per row (default 1,10,100,500)")
     ap.add_argument("--write", metavar="FILE", help="replace the load block in this file")
     args = ap.parse_args()
-    block = "\n".join(measure(args.seconds))
+    block = "\n".join(measure(args.seconds, tuple(int(n) for n in args.levels.split(","))))
     print(block)
     if args.write:
         path = Path(args.write)

@@ -117,6 +117,9 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) ->
                            f"{args.host}:{port}"]
             config.accesslog = None  # the app logs each request, without its text
             config.graceful_timeout = 2.0
+            # connections waiting to be accepted: Hypercorn's 100 refused some of 500 clients
+            # connecting at once (benchmarks/serve_load.py); the kernel caps it (somaxconn)
+            config.backlog = 4096
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
 
                 async def shutdown() -> None:

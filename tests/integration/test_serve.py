@@ -209,3 +209,18 @@ def test_a_taken_port_and_a_public_address_without_a_key():
         proc.terminate()
         _, err = proc.communicate(timeout=15)
     assert "serving on 0.0.0.0 without --server-key-env" in err
+
+
+def test_the_load_script_runs_and_reports_each_row(tmp_path):
+    # a short run of the script that writes docs/serving.md's figures, into a copy
+    doc = tmp_path / "serving.md"
+    doc.write_text("before\n<!-- load:begin -->\nold\n<!-- load:end -->\nafter\n")
+    script = Path(__file__).parents[2] / "benchmarks" / "serve_load.py"
+    done = subprocess.run([sys.executable, str(script), "--seconds", "1", "--levels", "1,3",
+                           "--write", str(doc)], capture_output=True, text=True, timeout=120,
+                          check=True)
+    rows = [line for line in done.stdout.splitlines() if re.match(r"\| [13] \|", line)]
+    assert len(rows) == 2 and all(line.endswith("| 0 |") for line in rows)  # no errors
+    text = doc.read_text()
+    assert text.startswith("before\n<!-- load:begin -->\nMeasured ") and "old" not in text
+    assert text.endswith("<!-- load:end -->\nafter\n") and "the server and the client add" in text
