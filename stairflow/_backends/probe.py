@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from .._errors import StairflowError
 from .._prompts import Message
@@ -13,7 +14,8 @@ from .base import Request
 from .local import LOCAL_MODEL, LocalServer, _http_status
 from .openai import CONTINUATIONS, Endpoint, OpenAIBackend
 
-__all__ = ["forget_server", "probe", "remember_server", "running_server_url", "state_file"]
+__all__ = ["forget_server", "probe", "remember_server", "running_server_url", "server_note",
+           "state_file"]
 
 QUESTION = "Count from one to ten in words, separated by spaces."
 PREFIX = "one two three"
@@ -59,15 +61,26 @@ def forget_server() -> None:
 
 async def running_server_url() -> str | None:
     """The URL of a healthy server left by `stairflow local start`, if any."""
+    data = server_note()
+    if data is None or data.get("model") != LOCAL_MODEL:
+        return None
+    port, url = data.get("port"), data.get("base_url")
+    if type(port) is not int or not 0 < port < 65536 or not isinstance(url, str):
+        return None
+    try:
+        healthy = await _http_status(port, "/health") == 200
+    except OSError:
+        return None
+    return url if healthy else None
+
+
+def server_note() -> dict[str, Any] | None:
+    """The note `stairflow local start` left, if there is one and it is a JSON object."""
     try:
         data = json.loads(state_file().read_text())
-        if data.get("model") != LOCAL_MODEL:
-            return None
-        if await _http_status(int(data["port"]), "/health") == 200:
-            return str(data["base_url"])
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError):
         return None
-    return None
+    return data if isinstance(data, dict) else None
 
 
 

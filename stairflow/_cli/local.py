@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, TextIO
 
 import trio
@@ -67,12 +67,11 @@ def serve_local(port: int, out: TextIO) -> int:
 
 def _running() -> dict[str, Any] | None:
     """The note of a healthy local server, if one runs."""
-    from .._backends.probe import running_server_url, state_file
+    from .._backends.probe import running_server_url, server_note
 
     if trio.run(running_server_url) is None:
         return None
-    data: dict[str, Any] = json.loads(state_file().read_text())
-    return data
+    return server_note()
 
 
 def _start(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
@@ -106,27 +105,53 @@ def _start(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) ->
 
 
 def _stop(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
-    from .._backends.probe import forget_server, state_file
+    from .._backends.probe import forget_server
 
-    try:
-        pid = int(json.loads(state_file().read_text())["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        print("no local model server is running", file=out)
-        return 0
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
+    running = _running()
+    pid = None if running is None else running.get("pid")
+    if running is None or type(pid) is not int or pid <= 1 or not _is_ours(pid):
+        # no server answers where the note says, or the note names no process of ours (a
+        # crashed server's pid may be another program's now): signal nothing
+        stale = running is not None or _note_exists()
         forget_server()
-        print("no local model server is running (removed a stale note)", file=out)
+        print("no local model server is running" + (" (removed a stale note)" if stale
+                                                       else ""), file=out)
         return 0
+    os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 15
-    while state_file().exists() and time.monotonic() < deadline:  # it removes its note
+    while _alive(pid) and time.monotonic() < deadline:  # another process: poll it
         time.sleep(0.1)
-    if state_file().exists():
+    if _alive(pid):
         raise ConfigError(f"process {pid} did not stop within 15 s; stop it yourself "
                           f"(kill {pid})")
+    forget_server()  # it removes its note itself; unless it was killed
     print(f"stopped (pid {pid})", file=out)
     return 0
+
+
+def _note_exists() -> bool:
+    from .._backends.probe import state_file
+
+    return state_file().exists()
+
+
+def _is_ours(pid: int) -> bool:
+    """Whether process ``pid`` is a ``stairflow local start`` (where /proc tells)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return Path("/proc/self").exists() is False and _alive(pid)  # no /proc: trust the note
+    return b"stairflow" in b" ".join(argv) and b"local" in argv and b"start" in argv
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _status(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:

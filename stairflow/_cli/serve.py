@@ -54,6 +54,9 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--max-answer-tokens", type=int, default=Limits.max_answer_tokens,
                    metavar="N", help="largest max_tokens a request may ask for (default "
                                      f"{Limits.max_answer_tokens})")
+    s.add_argument("--shutdown-grace", type=float, default=10.0, metavar="S",
+                   help="on SIGTERM or Ctrl-C, let answers in progress finish for S seconds, "
+                        "then end them with an error event (default 10)")
     s.add_argument("--log-prompts", action="store_true",
                    help="log each request's conversation and answer (off: never logged)")
     add_backend_options(s)
@@ -75,6 +78,11 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) ->
                         ("--max-answer-tokens", args.max_answer_tokens)):
         if value < 1:
             raise ConfigError(f"{flag} {value}: use a whole number >= 1")
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port}: use a port from 0 (any free one) to 65535")
+    if not 0 <= args.shutdown_grace <= 3600:
+        raise ConfigError(f"--shutdown-grace {args.shutdown_grace:g}: give seconds from 0 to "
+                          "3600")
     limits = Limits(args.max_body_bytes, args.max_messages, args.max_answer_tokens,
                     args.max_concurrent)
     key = _server_key(args.server_key_env)
@@ -116,7 +124,7 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) ->
             config.bind = [f"[{args.host}]:{port}" if ":" in args.host else
                            f"{args.host}:{port}"]
             config.accesslog = None  # the app logs each request, without its text
-            config.graceful_timeout = 2.0
+            config.graceful_timeout = args.shutdown_grace
             # connections waiting to be accepted: Hypercorn's 100 refused some of 500 clients
             # connecting at once (benchmarks/serve_load.py); the kernel caps it (somaxconn)
             config.backlog = 4096

@@ -83,11 +83,16 @@ class App:
             status, note = await self._route(scope, receive, send)
         except ApiError as exc:
             status, note = exc.status, exc.code or exc.kind
-            await _json(send, exc.status, exc.body())
+            await _json(send, exc.status, exc.body(), exc.headers)
         except _Gone:
             status, note = 499, "client went away"
+        except BaseException as exc:
+            if _cancelled(exc):
+                status, note = 503, "cut by the server's shutdown"
+            raise
         finally:
-            self.log(f"{scope['method']} {scope['path']} {status} {note} "
+            path = json.dumps(scope["path"])[1:-1]  # the client's text: escaped, one line
+            self.log(f"{scope['method']} {path} {status} {note} "
                      f"{time.perf_counter() - start:.3f}s".replace("  ", " "))
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> tuple[int, str]:
@@ -158,10 +163,14 @@ class App:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"the request body is not valid JSON ({exc})",
                            code="invalid_json") from None
+        except RecursionError:
+            raise ApiError(400, "the request body nests too deeply", code="invalid_json") from None
         try:
             request = ChatRequest.model_validate(data)
         except ValidationError as exc:
             raise from_validation(exc) from None
+        except RecursionError:
+            raise ApiError(400, "the request body nests too deeply", code="invalid_json") from None
         if len(request.messages) > self.limits.max_messages:
             raise ApiError(400, f"'messages': {len(request.messages)} messages; this server "
                                 f"takes at most {self.limits.max_messages}", param="messages")
@@ -195,6 +204,7 @@ class App:
             await reply.start()
         runs: list[Run] = []
         error: str | None = None
+        failed_node: str | None = None
         gone = False
         async with trio.open_nursery() as nursery:
 
@@ -221,6 +231,17 @@ class App:
                             break
             except StairflowError as exc:
                 error = str(exc)
+                failed_node = getattr(exc, "node", None)
+            except BaseException as exc:
+                # cancelled from outside: the server is shutting down (a client that went away
+                # cancels only this nursery, and returns below)
+                if not gone and reply is not None and _cancelled(exc):
+                    with trio.move_on_after(1) as cleanup:
+                        cleanup.shield = True
+                        await reply.error(ApiError(
+                            503, "the server is shutting down; retry the request",
+                            kind="server_error", code="server_shutdown"))
+                raise
             nursery.cancel_scope.cancel()
         if gone:
             return 499, f"{name}: client went away, run cancelled"
@@ -231,13 +252,16 @@ class App:
         ttft = "-" if report is None or report.ttft_s is None else f"{report.ttft_s:.3f}s"
         note = f"{name} ttft={ttft} tokens={answer.tokens}"
         if error is not None:
-            failure = ApiError(502, f"the graph '{name}' failed: {error}", kind="server_error",
-                               code="upstream_error")
+            # where it failed for the client; why (endpoints, exceptions) only in the log
+            self.log(f"{name} failed: {error}")
+            where = f" at node '{failed_node}'" if failed_node else ""
+            failure = ApiError(502, f"the graph '{name}' failed{where}; the server's log says "
+                                    "why", kind="server_error", code="upstream_error")
             if reply is None:
                 raise failure
             await reply.error(failure)
             return 200, f"{note} failed mid-stream"
-        finish = "length" if answer.full else "stop"
+        finish = "length" if answer.full or _at_its_limit(graph, report) else "stop"
         if reply is not None:
             await reply.finish(finish, usage)
         else:
@@ -328,6 +352,22 @@ def _for_request(graph: FrozenGraph, request: ChatRequest) -> FrozenGraph:
     return replace(graph, nodes=nodes)
 
 
+def _cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` is Trio's cancellation, alone or in groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_cancelled(e) for e in exc.exceptions)
+    return isinstance(exc, trio.Cancelled)
+
+
+def _at_its_limit(graph: FrozenGraph, report: Any) -> bool:
+    """Whether the llm node whose answer is the reply wrote its whole ``max_tokens``."""
+    for edge in graph.inputs_of(graph.output):
+        node = graph.nodes[edge.src]
+        if isinstance(node, LLMNode) and report is not None and edge.src in report.nodes:
+            return bool(report.nodes[edge.src].tokens >= node.max_tokens)
+    return False
+
+
 def _usage(answer: _Answer, report: Any) -> dict[str, Any]:
     prompt = report.prompt_tokens if report is not None else 0
     extra = {} if report is None else {
@@ -346,13 +386,16 @@ def _id() -> str:
 
 def _allow(method: str, allowed: str) -> None:
     if method != allowed:
-        raise ApiError(405, f"use {allowed} here, not {method}", code="method_not_allowed")
+        raise ApiError(405, f"use {allowed} here, not {method}", code="method_not_allowed",
+                       headers={"allow": allowed})
 
 
-async def _json(send: Send, status: int, data: dict[str, Any]) -> None:
+async def _json(send: Send, status: int, data: dict[str, Any],
+                headers: Mapping[str, str] | None = None) -> None:
     body = json.dumps(data).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        *((k.encode(), v.encode()) for k, v in (headers or {}).items())]})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 

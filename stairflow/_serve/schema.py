@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = ["ApiError", "ChatRequest", "conversation", "from_validation"]
 
@@ -19,10 +19,12 @@ class ApiError(Exception):
     offending parameter and a code."""
 
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+                 param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.param, self.code = (
             status, message, kind, param, code)
+        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param,
@@ -34,8 +36,14 @@ class _Open(BaseModel):
 
 
 class TextPart(_Open):
-    type: Literal["text"]
-    text: str
+    type: str
+    text: str = ""
+
+    @model_validator(mode="after")
+    def _text_only(self) -> TextPart:
+        if self.type != "text":
+            raise ValueError(f"a {self.type!r} content part: this server takes text parts only")
+        return self
 
 
 class Message(_Open):
@@ -62,6 +70,12 @@ class ChatRequest(_Open):
     temperature: float | int | None = Field(default=None, ge=0, le=2)
     n: int | None = Field(default=None, ge=1, le=1)
 
+    @model_validator(mode="after")
+    def _consistent(self) -> ChatRequest:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true")
+        return self
+
     @property
     def answer_cap(self) -> int | None:
         """The most tokens the answer may have (``max_completion_tokens`` first)."""
@@ -69,15 +83,31 @@ class ChatRequest(_Open):
 
 
 def from_validation(exc: ValidationError) -> ApiError:
-    """The first schema violation, as a 400 naming the parameter."""
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    message = first["msg"]
-    if first["type"] in ("literal_error", "int_type", "string_type", "bool_type",
-                         "float_type", "list_type", "missing"):
-        message = f"{message} (got {first.get('input')!r})" if first["type"] != "missing" \
-            else "a required parameter is missing"
-    return ApiError(400, f"'{where}': {message}", param=where or None)
+    """The first schema violation (one the request's own text explains, where there is one),
+    as a 400 naming the parameter."""
+    errors = exc.errors()
+    first = next((e for e in errors if e["type"] == "value_error"), errors[0])
+    where = ".".join(str(p) for p in first["loc"] if _is_field(p))
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "missing":
+        message = "a required parameter is missing"
+    elif first["type"].endswith("_type") or first["type"] == "literal_error":
+        if len({".".join(str(p) for p in e["loc"] if _is_field(p)) for e in errors}) == 1 \
+                and len(errors) > 1:  # a union: the value fits none of its shapes
+            message = "Input should be a string or a list of text parts"
+        message = f"{message} (got {_short(first.get('input'))})"
+    return ApiError(400, f"'{where}': {message}" if where else message, param=where or None)
+
+
+def _is_field(part: int | str) -> bool:
+    """A field name or list index in an error's location, not a union branch's label."""
+    return isinstance(part, int) or (part.isidentifier() and part not in (
+        "str", "int", "float", "bool", "list", "dict"))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def conversation(messages: list[Message]) -> str:
@@ -91,4 +121,10 @@ def conversation(messages: list[Message]) -> str:
     if not last.text().strip():
         raise ApiError(400, "the last user message is empty", param="messages")
     history = [f"{m.role}: {m.text()}" for m in messages[:-1] if m.text().strip()]
-    return "\n\n".join([*history, last.text()])
+    text = "\n\n".join([*history, last.text()])
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate escape ("\\ud800") in the JSON
+        raise ApiError(400, "'messages': the text holds an unpaired surrogate, which is not "
+                            "a character", param="messages") from None
+    return text

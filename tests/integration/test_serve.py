@@ -10,6 +10,7 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,13 +29,13 @@ from tests.integration.conftest import LOCAL_MODEL, Server
 pytestmark = pytest.mark.integration
 
 ASK = [{"role": "user", "content": "Why is the sky blue?"}]
-PIDS: dict[str, int] = {}
+PROCS: dict[str, subprocess.Popen[str]] = {}
 
 
 @contextmanager
 def serving(*args: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """``stairflow serve ARGS --port 0`` in its own process; yields its /v1 URL (its process
-    id in ``PIDS[url]``)."""
+    """``stairflow serve ARGS --port 0`` in its own process; yields its /v1 URL (the process
+    in ``PROCS[url]``)."""
     with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: nothing blocks its logging
         proc = subprocess.Popen([sys.executable, "-m", "stairflow", "serve", *args, "--port",
                                  "0"], stdout=subprocess.PIPE, stderr=log, text=True,
@@ -45,10 +46,11 @@ def serving(*args: str, env: dict[str, str] | None = None) -> Iterator[str]:
             log.seek(0)
             assert "/v1" in line, log.read()
             url = line.split(" at ")[1].split()[0]
-            PIDS[url] = proc.pid
+            PROCS[url] = proc
             yield url
         finally:
-            proc.terminate()
+            if proc.poll() is None:
+                proc.terminate()
             proc.communicate(timeout=15)
         assert proc.returncode == 0  # SIGTERM stops it cleanly
 
@@ -147,10 +149,10 @@ def test_a_hundred_cancelled_streams_leave_no_model_request_open(server: Server)
         # stairflow's side, at once: no run in flight, no connection to the model server open
         # (every request the runs made was cancelled: none completed, so none was pooled)
         deadline = time.monotonic() + 0.5
-        while (upstream_connections(PIDS[url], server.port) or health(url)["runs_in_flight"]) \
+        while (upstream_connections(PROCS[url].pid, server.port) or health(url)["runs_in_flight"]) \
                 and time.monotonic() < deadline:  # another process's bookkeeping: poll it
             time.sleep(0.02)
-        assert upstream_connections(PIDS[url], server.port) == 0
+        assert upstream_connections(PROCS[url].pid, server.port) == 0
         assert health(url)["runs_in_flight"] == 0
         # llama-server's side: it drops what it had queued for the closed connections when it
         # reaches them (about a second here)
@@ -224,3 +226,14 @@ def test_the_load_script_runs_and_reports_each_row(tmp_path):
     text = doc.read_text()
     assert text.startswith("before\n<!-- load:begin -->\nMeasured ") and "old" not in text
     assert text.endswith("<!-- load:end -->\nafter\n") and "the server and the client add" in text
+
+
+def test_sigterm_ends_an_answer_in_progress_with_an_error_the_client_sees():
+    with serving("moa", "--backend", "sim", "--shutdown-grace", "0.5") as url:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        stream = client.chat.completions.create(model="moa", messages=ASK, stream=True)  # type: ignore[arg-type]
+        with pytest.raises(openai.APIError, match="shutting down"):
+            for n, _ in enumerate(stream):
+                if n == 4:  # the answer is under way: stop the server
+                    os.kill(PROCS[url].pid, signal.SIGTERM)
+        PROCS[url].wait(15)  # and it exits, cleanly (checked on leaving)

@@ -7,6 +7,7 @@ with the simulated backend under Trio's MockClock, so times are exact.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -89,12 +90,14 @@ class Response:
 
 async def call(app: App, method: str, path: str, body: Any = None, *,
                headers: tuple[tuple[bytes, bytes], ...] = (),
-               leave_after: Callable[[Response], bool] | None = None) -> Response:
-    """One request; ``leave_after`` says when the client goes away (disconnects)."""
+               leave_after: Callable[[Response], bool] | None = None,
+               response: Response | None = None) -> Response:
+    """One request; ``leave_after`` says when the client goes away (disconnects); the answer
+    goes into ``response`` as it comes, if given."""
     raw = body if isinstance(body, bytes) else b"" if body is None else json.dumps(body).encode()
     parts = [{"type": "http.request", "body": raw, "more_body": False}]
     gone = trio.Event()
-    response = Response()
+    response = Response() if response is None else response
 
     async def receive() -> dict[str, Any]:
         if parts:
@@ -228,10 +231,14 @@ def test_a_model_failing_mid_stream_is_an_error_not_a_short_answer():
         whole = await call(app, "POST", "/v1/chat/completions", ASK)
         return streamed, whole
 
-    streamed, whole = serve(go, fail_after=20)
+    lines: list[str] = []
+    streamed, whole = serve(go, fail_after=20, log=lines.append)
     events = streamed.events()
     assert events[-1] == "[DONE]" and "error" in events[-2]
-    assert "closed the stream" in events[-2]["error"]["message"]
+    # the client learns where; the log why (an upstream's details stay on the server)
+    assert re.fullmatch(r"the graph 'moa' failed at node 'p[123]'; the server's log says why",
+                        events[-2]["error"]["message"])
+    assert any("closed the stream" in line for line in lines)
     assert not any(e["choices"][0]["finish_reason"] for e in events[1:-2])
     assert whole.status == 502 and whole.json()["error"]["code"] == "upstream_error"
 
@@ -252,6 +259,14 @@ def test_a_model_failing_mid_stream_is_an_error_not_a_short_answer():
         ({**ASK, "max_tokens": 5000}, 400, None, "at most 4096"),
         ({**ASK, "messages": ASK["messages"] * 300}, 400, None, "at most 256"),
         ({**ASK, "model": "gpt-4"}, 404, "model_not_found", "'gpt-4' does not exist"),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "invalid_json", "nests too deeply"),
+        ({**ASK, "messages": [{"role": "user", "content": "hi \ud800"}]}, 400, None,
+         "unpaired surrogate"),
+        ({**ASK, "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "x"}}]}]}, 400, None,
+         "text parts only"),
+        ({**ASK, "stream_options": {"include_usage": True}}, 400, None,
+         "only allowed when stream is true"),
         ({**ASK, "messages": [{"role": "user", "content": "x" * 2_000_000}]}, 413,
          "request_too_large", "over 1048576 bytes"),
     ],
@@ -294,7 +309,8 @@ def test_keys_routes_and_methods():
     assert health.status == 200 and health.json()["status"] == "ok"
     assert [m["id"] for m in models.json()["data"]] == ["moa"]
     assert one.json()["id"] == "moa" and nope.status == 404
-    assert method.status == 405 and route.status == 404
+    assert method.status == 405 and method.headers[b"allow"] == b"POST"
+    assert route.status == 404
     assert ok.status == 200
     # one line per request, without the key or the conversation
     assert len(lines) == 10 and not any("s3cret" in x or "sky" in x for x in lines)
@@ -317,3 +333,40 @@ def test_past_the_limit_of_runs_at_once_a_request_gets_429():
 
 async def _append(results: list[Response], app: App) -> None:
     results.append(await call(app, "POST", "/v1/chat/completions", ASK))
+
+
+def test_an_answer_its_node_cut_at_its_own_max_tokens_ends_with_length():
+    capped = MOA.capped(30)  # as `stairflow serve moa --max-tokens 30`
+
+    async def go(app: App, backend: Counting) -> Response:
+        return await call(app, "POST", "/v1/chat/completions", ASK)
+
+    answer = serve(go, graph=capped).json()
+    assert answer["usage"]["completion_tokens"] == 30
+    assert answer["choices"][0]["finish_reason"] == "length"
+
+
+def test_a_server_shutting_down_ends_each_stream_with_an_error_event():
+    async def go(app: App, backend: Counting) -> tuple[Response, int]:
+        response = Response()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: call(app, "POST", "/v1/chat/completions",
+                                            {**ASK, "stream": True}, response=response))
+            await trio.sleep(1.0)  # virtual time: the answer is under way
+            nursery.cancel_scope.cancel()  # as Hypercorn does past its grace period
+        return response, backend.open
+
+    r, still_open = serve(go)
+    events = r.events()
+    assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "server_shutdown"
+    assert still_open == 0
+
+
+def test_a_path_cannot_forge_a_log_line():
+    lines: list[str] = []
+
+    async def go(app: App, backend: Counting) -> Response:
+        return await call(app, "GET", "/x\nstairflow serve: POST /v1/chat/completions 200")
+
+    assert serve(go, log=lines.append).status == 404
+    assert len(lines) == 1 and "\n" not in lines[0]
