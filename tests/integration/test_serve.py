@@ -232,8 +232,12 @@ def test_sigterm_ends_an_answer_in_progress_with_an_error_the_client_sees():
     with serving("moa", "--backend", "sim", "--shutdown-grace", "0.5") as url:
         client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
         stream = client.chat.completions.create(model="moa", messages=ASK, stream=True)  # type: ignore[arg-type]
-        with pytest.raises(openai.APIError, match="shutting down"):
+
+        def read_and_stop_the_server() -> None:
             for n, _ in enumerate(stream):
                 if n == 4:  # the answer is under way: stop the server
                     os.kill(PROCS[url].pid, signal.SIGTERM)
+
+        with pytest.raises(openai.APIError, match="shutting down"):
+            read_and_stop_the_server()
         PROCS[url].wait(15)  # and it exits, cleanly (checked on leaving)
