@@ -54,6 +54,9 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--max-answer-tokens", type=int, default=Limits.max_answer_tokens,
                    metavar="N", help="largest max_tokens a request may ask for (default "
                                      f"{Limits.max_answer_tokens})")
+    s.add_argument("--body-timeout", type=float, default=Limits.body_timeout_s, metavar="S",
+                   help="a request's body must arrive within S seconds, or 408 (default "
+                        f"{Limits.body_timeout_s:g})")
     s.add_argument("--shutdown-grace", type=float, default=10.0, metavar="S",
                    help="on SIGTERM or Ctrl-C, let answers in progress finish for S seconds, "
                         "then end them with an error event (default 10)")
@@ -83,8 +86,11 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) ->
     if not 0 <= args.shutdown_grace <= 3600:
         raise ConfigError(f"--shutdown-grace {args.shutdown_grace:g}: give seconds from 0 to "
                           "3600")
+    if not 0 < args.body_timeout <= 3600:
+        raise ConfigError(f"--body-timeout {args.body_timeout:g}: give seconds above 0, at "
+                          "most 3600")
     limits = Limits(args.max_body_bytes, args.max_messages, args.max_answer_tokens,
-                    args.max_concurrent)
+                    args.max_concurrent, args.body_timeout)
     key = _server_key(args.server_key_env)
     graphs = {}
     for spec in args.graphs:

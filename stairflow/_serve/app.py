@@ -44,6 +44,7 @@ class Limits:
     max_messages: int = 256
     max_answer_tokens: int = 4096  # the largest max_tokens a request may ask for
     max_concurrent: int = 32  # runs in flight; more get 429
+    body_timeout_s: float = 30.0  # a request's body must arrive within this, or 408
 
 
 @dataclass(frozen=True)
@@ -147,15 +148,18 @@ class App:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise too_big
         body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Gone
-            body += message.get("body", b"")
-            if len(body) > limit:
-                raise too_big
-            if not message.get("more_body", False):
-                return bytes(body)
+        with trio.move_on_after(self.limits.body_timeout_s):  # a client trickling its body
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _Gone
+                body += message.get("body", b"")
+                if len(body) > limit:
+                    raise too_big
+                if not message.get("more_body", False):
+                    return bytes(body)
+        raise ApiError(408, f"the request body did not arrive within "
+                            f"{self.limits.body_timeout_s:g} s", code="request_timeout")
 
     def _parse(self, body: bytes) -> ChatRequest:
         try:

@@ -33,6 +33,7 @@ def test_serve_without_a_graph_is_the_old_spelling_of_local_start(monkeypatch, a
         (("moa", "--port", "70000"), "--port 70000: use a port from 0"),
         (("moa", "--port", "-1"), "--port -1: use a port from 0"),
         (("moa", "--shutdown-grace", "-1"), "--shutdown-grace -1: give seconds"),
+        (("moa", "--body-timeout", "0"), "--body-timeout 0: give seconds above 0"),
     ],
 )
 def test_serve_bad_options_are_one_line_errors(args, message):

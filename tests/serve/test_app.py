@@ -370,3 +370,30 @@ def test_a_path_cannot_forge_a_log_line():
 
     assert serve(go, log=lines.append).status == 404
     assert len(lines) == 1 and "\n" not in lines[0]
+
+
+def test_a_body_that_never_ends_gets_408_after_the_timeout():
+    async def go(app: App, backend: Counting) -> tuple[Response, float]:
+        sent = trio.Event()  # the first part arrives; the rest never does
+
+        async def receive() -> dict[str, Any]:
+            if not sent.is_set():
+                sent.set()
+                return {"type": "http.request", "body": b'{"model": "moa", ', "more_body": True}
+            await trio.sleep_forever()
+            raise AssertionError
+
+        response = Response()
+
+        async def send(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                response.status = message["status"]
+            else:
+                response.body += message.get("body", b"")
+
+        await app({"type": "http", "method": "POST", "path": "/v1/chat/completions",
+                   "headers": []}, receive, send)
+        return response, trio.current_time()
+
+    r, at = serve(go, limits=Limits(body_timeout_s=5))
+    assert r.status == 408 and r.json()["error"]["code"] == "request_timeout" and at == 5
