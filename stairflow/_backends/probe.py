@@ -14,7 +14,7 @@ from .base import Request
 from .local import LOCAL_MODEL, LocalServer, _http_status
 from .openai import CONTINUATIONS, Endpoint, OpenAIBackend
 
-__all__ = ["forget_server", "probe", "remember_server", "running_server_url", "server_note",
+__all__ = ["forget_server", "probe", "remember_server", "running_server", "running_server_url",
            "state_file"]
 
 QUESTION = "Count from one to ten in words, separated by spaces."
@@ -61,26 +61,27 @@ def forget_server() -> None:
 
 async def running_server_url() -> str | None:
     """The URL of a healthy server left by `stairflow local start`, if any."""
-    data = server_note()
-    if data is None or data.get("model") != LOCAL_MODEL:
+    note = await running_server()
+    return None if note is None else str(note["base_url"])
+
+
+async def running_server() -> dict[str, Any] | None:
+    """The note `stairflow local start` left (``base_url``, ``port``, ``model``, ``pid``), if
+    it is well formed and the server it names answers."""
+    try:
+        data = json.loads(state_file().read_text())
+    except (OSError, ValueError):
         return None
-    port, url = data.get("port"), data.get("base_url")
-    if type(port) is not int or not 0 < port < 65536 or not isinstance(url, str):
+    if not isinstance(data, dict) or data.get("model") != LOCAL_MODEL:
+        return None
+    port = data.get("port")
+    if type(port) is not int or not 0 < port < 65536 or not isinstance(data.get("base_url"), str):
         return None
     try:
         healthy = await _http_status(port, "/health") == 200
     except OSError:
         return None
-    return url if healthy else None
-
-
-def server_note() -> dict[str, Any] | None:
-    """The note `stairflow local start` left, if there is one and it is a JSON object."""
-    try:
-        data = json.loads(state_file().read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return data if healthy else None
 
 
 

@@ -67,11 +67,9 @@ def serve_local(port: int, out: TextIO) -> int:
 
 def _running() -> dict[str, Any] | None:
     """The note of a healthy local server, if one runs."""
-    from .._backends.probe import running_server_url, server_note
+    from .._backends.probe import running_server
 
-    if trio.run(running_server_url) is None:
-        return None
-    return server_note()
+    return trio.run(running_server)
 
 
 def _start(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
@@ -105,14 +103,14 @@ def _start(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) ->
 
 
 def _stop(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
-    from .._backends.probe import forget_server
+    from .._backends.probe import forget_server, state_file
 
     running = _running()
     pid = None if running is None else running.get("pid")
     if running is None or type(pid) is not int or pid <= 1 or not _is_ours(pid):
         # no server answers where the note says, or the note names no process of ours (a
         # crashed server's pid may be another program's now): signal nothing
-        stale = running is not None or _note_exists()
+        stale = running is not None or state_file().exists()
         forget_server()
         print("no local model server is running" + (" (removed a stale note)" if stale
                                                        else ""), file=out)
@@ -129,18 +127,15 @@ def _stop(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> 
     return 0
 
 
-def _note_exists() -> bool:
-    from .._backends.probe import state_file
-
-    return state_file().exists()
-
-
 def _is_ours(pid: int) -> bool:
-    """Whether process ``pid`` is a ``stairflow local start`` (where /proc tells)."""
+    """Whether process ``pid`` is a ``stairflow local start`` (without /proc to tell: whether
+    it is alive, trusting the note)."""
+    if not Path("/proc/self").exists():
+        return _alive(pid)
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return Path("/proc/self").exists() is False and _alive(pid)  # no /proc: trust the note
+    except OSError:  # gone
+        return False
     return b"stairflow" in b" ".join(argv) and b"local" in argv and b"start" in argv
 
 

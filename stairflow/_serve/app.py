@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from .._backends.base import Backend, describe_backend
 from .._errors import StairflowError
 from .._graph import FrozenGraph, LLMNode
+from .._metrics import Report
 from .._runtime.run import Run, open_run
 from .schema import ApiError, ChatRequest, conversation, from_validation
 
@@ -201,7 +202,7 @@ class App:
                         receive: Receive, send: Send) -> tuple[int, str]:
         message = conversation(request.messages)
         graph = _for_request(served.graph, request)
-        answer = _Answer(graph.output, request.answer_cap)
+        answer = _Answer(request.answer_cap)
         fingerprint = self.fingerprints[name]
         reply = _Reply(send, name, fingerprint, request) if request.stream else None
         if reply is not None:
@@ -281,8 +282,8 @@ class App:
 class _Answer:
     """The answer's text as it reaches the output, cut at ``cap`` tokens."""
 
-    def __init__(self, output: str, cap: int | None) -> None:
-        self.output, self.cap = output, cap
+    def __init__(self, cap: int | None) -> None:
+        self.cap = cap
         self.text, self.tokens, self.full = "", 0, False
 
     def take(self, chunk: Mapping[str, Any]) -> str:
@@ -349,7 +350,7 @@ def _for_request(graph: FrozenGraph, request: ChatRequest) -> FrozenGraph:
     reply (the others keep theirs: a Mixture-of-Agents wants its proposers' variety)."""
     if request.temperature is None:
         return graph
-    answering = {e.src for e in graph.edges if e.dst == graph.output}
+    answering = {e.src for e in graph.inputs_of(graph.output)}
     nodes = {n: replace(v, temperature=float(request.temperature))
              if isinstance(v, LLMNode) and n in answering else v
              for n, v in graph.nodes.items()}
@@ -363,7 +364,7 @@ def _cancelled(exc: BaseException) -> bool:
     return isinstance(exc, trio.Cancelled)
 
 
-def _at_its_limit(graph: FrozenGraph, report: Any) -> bool:
+def _at_its_limit(graph: FrozenGraph, report: Report | None) -> bool:
     """Whether the llm node whose answer is the reply wrote its whole ``max_tokens``."""
     for edge in graph.inputs_of(graph.output):
         node = graph.nodes[edge.src]
@@ -372,7 +373,7 @@ def _at_its_limit(graph: FrozenGraph, report: Any) -> bool:
     return False
 
 
-def _usage(answer: _Answer, report: Any) -> dict[str, Any]:
+def _usage(answer: _Answer, report: Report | None) -> dict[str, Any]:
     prompt = report.prompt_tokens if report is not None else 0
     extra = {} if report is None else {
         "graph": report.graph, "mode": report.mode, "simulated": report.simulated,
