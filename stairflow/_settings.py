@@ -35,7 +35,7 @@ from typing_extensions import TypedDict  # pydantic needs these on Python < 3.12
 from ._errors import GraphError
 from ._joins import Join, parse_join
 from ._prompts import TEMPLATES
-from ._urls import ENV_NAME, url_problem
+from ._urls import ENV_NAME, display_url, url_problem
 
 __all__ = [
     "CONTINUATIONS",
@@ -287,6 +287,8 @@ def _message(exc: ValidationError, schema: type, values: Any, where: str) -> str
         return f"{where}: {inside + ': ' if inside else ''}{err['msg']}"
     if not path:
         return f"{where}: {show(values)} is not a table of settings; {fix}"
+    if path[-1] == "base_url" and isinstance(value, str):
+        value = display_url(value)  # a key in its user:password@ stays out of the message
     return f"{where}: {'.'.join(path)}={show(value)}; {fix}"
 
 

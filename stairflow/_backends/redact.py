@@ -2,11 +2,14 @@
 
 Whatever a server sends back can end up in a message: an error body that echoes the
 ``Authorization`` header, an SSE error event, a model id. `redact` removes every configured
-key from a text; `one_line` makes server text safe to show on one line of a terminal.
+key from a text, also base64-encoded (``Authorization: Basic base64(user:KEY)``: an HTTP
+client sends a URL's ``user:KEY@`` that way); `one_line` makes server text safe to show on one
+line of a terminal.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Iterable
@@ -36,9 +39,29 @@ def _char(c: str) -> str:
     return "(?:" + "|".join([*sorted(spellings), url_pattern]) + ")"
 
 
+_URLSAFE = str.maketrans("+/", "-_")
+
+
+def _base64(secret: str) -> set[str]:
+    """What base64 text holding ``secret`` surely contains, in the standard and the URL-safe
+    alphabet. Base64 spells 3 bytes as 4 characters, so the spelling of the secret depends on
+    where it starts in the encoded bytes (``base64(":" + KEY)`` shares nothing with
+    ``base64(KEY)``): for each of the 3 offsets, the characters made of the secret's bits
+    alone; and the whole encoding of the secret alone, padding and all."""
+    data = secret.encode()
+    found = {base64.b64encode(data).decode()}
+    for skip in range(3):
+        text = base64.b64encode(bytes(skip) + data).decode()
+        # character i spells bits 6i..6i+6: keep those inside the secret's 8*skip..8*(skip+n)
+        found.add(text[-(-8 * skip // 6):8 * (skip + len(data)) // 6])
+    return found | {s.translate(_URLSAFE) for s in found}
+
+
 @lru_cache(maxsize=64)
 def _pattern(secrets: frozenset[str]) -> re.Pattern[str] | None:
-    keys = sorted((s for s in secrets if len(s) >= MIN_SECRET), key=len, reverse=True)
+    given = {s for s in secrets if len(s) >= MIN_SECRET}
+    spelt = given.union(*(_base64(s) for s in given))
+    keys = sorted((s for s in spelt if len(s) >= MIN_SECRET), key=len, reverse=True)
     if not keys:
         return None
     # longest first: a key may hold another
@@ -47,7 +70,8 @@ def _pattern(secrets: frozenset[str]) -> re.Pattern[str] | None:
 
 def redact(text: str, secrets: Iterable[str]) -> str:
     """``text`` with every occurrence of every secret (of at least `MIN_SECRET` characters)
-    replaced by ``[redacted]``, however a server spelt it back (see `_char`).
+    replaced by ``[redacted]``, however a server spelt it back (see `_char`), base64-encoded
+    too (see `_base64`).
 
     Redact before cutting a text short: a cut can leave the start of a key that no longer
     matches.

@@ -91,7 +91,7 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) ->
                           "most 3600")
     limits = Limits(args.max_body_bytes, args.max_messages, args.max_answer_tokens,
                     args.max_concurrent, args.body_timeout)
-    key = _server_key(args.server_key_env)
+    key = _server_key(args.server_key_env, err)
     graphs = {}
     for spec in args.graphs:
         graph = resolve_graph(spec).with_mode(args.mode)
@@ -180,13 +180,27 @@ def _leaf(exc: BaseException, kind: type[OSError]) -> OSError | None:
     return None
 
 
-def _server_key(var: str | None) -> str | None:
+def _server_key(var: str | None, err: TextIO) -> str | None:
+    """The key clients must send, from the variable ``var``. Whitespace around it (a secrets
+    file's trailing newline) is stripped, with a warning: no client could send it, so every
+    request would get 401."""
     if var is None:
         return None
-    key = os.environ.get(var, "")
-    if not key:
+    given = os.environ.get(var, "")
+    key = given.strip()
+    if not given:
         raise ConfigError(f"--server-key-env {var}: the environment variable {var} is not set "
                           "or empty; export the key there")
+    if not key:
+        raise ConfigError(f"--server-key-env {var}: the environment variable {var} holds only "
+                          "whitespace; export the key there")
+    if not key.isprintable() or not key.isascii():
+        raise ConfigError(f"--server-key-env {var}: the key in {var} holds characters that "
+                          "cannot go in an HTTP header (a line break?); check its value")
+    if key != given:
+        print(f"stairflow: warning: the key in {var} had whitespace around it (a trailing "
+              "newline from a file?); stripped it: clients send the key without it",
+              file=err, flush=True)
     return key
 
 
