@@ -23,6 +23,7 @@ from typing import Any
 
 import trio
 import trio.testing
+from latency_rates import table_from_record  # benchmarks/, beside this script
 
 import stairflow as sf
 from stairflow.testing import open_virtual_run, run_virtual
@@ -189,7 +190,32 @@ def document() -> str:
         "of the inputs can make a node slower than normal mode (see "
         "[the step policy](concepts.md#the-step-policy-staircase-never-costs-a-node-time)).",
         "",
+        *real_servers(),
     ])
+
+
+def real_servers() -> list[str]:
+    """The section measured on the local model behind a latency proxy (from its record)."""
+    rows = table_from_record()
+    if not rows:
+        return []
+    return [
+        "## On real servers: rates measured, latency added",
+        "",
+        "Not simulated: the local model (llama.cpp, Gemma 3 270M) behind a proxy that adds "
+        "0, 0.2 or 1.0 s to every request, as a remote endpoint would "
+        "(`benchmarks/latency_proxy.py`). stairflow measures each endpoint's latency, "
+        "prefill and decode rates as it runs (the first runs of each bench go without them); "
+        "the step rule (only steps that pay) and `steps = \"auto\"` use them. Cut: how much "
+        "lower the staircase TTFT is than normal mode's. Latest node: the node whose "
+        "median end is latest in staircase mode relative to normal mode, by how much, and "
+        "normal mode's run-to-run spread (max - min) of that node's end. Tokens/s and LLM "
+        "calls are the staircase runs' with the graphs' declared step budgets and with "
+        "`steps = \"auto\"` on every llm node.",
+        "",
+        *rows,
+        "",
+    ]
 
 
 if __name__ == "__main__":

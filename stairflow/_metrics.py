@@ -56,6 +56,9 @@ class Report:
     llm_calls: int
     nodes: Mapping[str, NodeReport]
     trace: Trace
+    # what a real backend measured of each (endpoint, model) by the run's end: base_url,
+    # model, latency_s, prefill_tps, decode_tps, requests (see stairflow._backends.meter)
+    rates: tuple[Mapping[str, Any], ...] = ()
 
     @classmethod
     def from_trace(cls, trace: Trace) -> Report:
@@ -64,6 +67,8 @@ class Report:
         first = next((t for t, text in texts if text), None)
         end = trace.of("run_end")
         total = end[-1].t if end else (trace.events[-1].t if trace.events else 0.0)
+        last = trace.events[-1] if trace.events else None
+        rates = tuple(last.data.get("rates", ())) if last is not None else ()
         out_tokens = sum(data["tokens"] for _, _, _, data in trace.rows(("chunk",))
                          if data["edge"][1] == meta["output"])
         # one pass over the events a node's report reads: asking the trace per node would
@@ -88,12 +93,14 @@ class Report:
             llm_calls=sum(n.calls for n in nodes.values()),
             nodes=nodes,
             trace=trace,
+            rates=rates,
         )
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out.pop("trace")
         out["nodes"] = {k: asdict(v) for k, v in self.nodes.items()}
+        out["rates"] = [dict(r) for r in self.rates]
         return out
 
 

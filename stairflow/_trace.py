@@ -4,6 +4,8 @@ Times are seconds since the run started, read from Trio's clock (virtual under M
 Event kinds, with their data:
 
     run_start {graph, mode, backend, simulated}    run_end {}   run_error {error}  run_cancel {}
+        (the end events carry ``rates`` when a real backend measured its endpoints: a list of
+        {base_url, model, latency_s, prefill_tps, decode_tps, requests})
     node_start                        node_end {tokens, text}   node_error {error, dropped}
     node_cancel {reason, tokens, text} (every consumer had finished: its output was not needed)
     request_sent {step, max_tokens, position}     first_token {step}

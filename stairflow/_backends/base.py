@@ -11,8 +11,11 @@ default: the class name), ``simulated`` (True when text and timings are made up;
 False), ``secret_values()`` (strings to keep out of every message and trace; default none),
 ``async aclose()`` (called when a run that built the backend is done with it), ``async
 warm_up(nodes)`` (called with the run's ``(node, model)`` pairs before the run starts: open
-connections, check models) and ``rates(node)`` (the node's prefill and decode rates as a
-`Rates`, for the no-regret step policy in `stairflow._core.policy`; None if unknown).
+connections, check models), ``rates(node)`` (the node's prefill and decode rates as a
+`Rates`, for the no-regret step policy in `stairflow._core.policy`; None if unknown; asked
+again as the run goes, so measured rates apply as soon as they exist) and
+``measured_rates()`` (what it measured of its endpoints, for the report: see
+`stairflow._backends.meter`).
 """
 
 from __future__ import annotations

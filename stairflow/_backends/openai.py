@@ -38,16 +38,19 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import openai
 import trio
 
+from .._core.policy import Rates
 from .._errors import BackendError, ConfigError
 from .._graph import CONTINUATIONS, PROMPT_FORMATS, Continuation
 from .._prompts import Message
-from .._urls import url_problem
+from .._urls import display_url, url_problem, url_secrets
 from .base import Request, Usage
+from .meter import EndpointRates, Meter, RateCache, Sample
 from .redact import one_line, redact
 
 __all__ = [
@@ -61,6 +64,13 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+def rates_file() -> Path:
+    """Where measured rates are remembered across runs."""
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "stairflow" / "rates.json"
+
 
 DEFAULT_TIMEOUT_S = 300.0  # one request, sent to last token: a long answer on a slow server
 DEFAULT_READ_TIMEOUT_S = 60.0  # one wait on the server: a long prompt's prefill
@@ -105,7 +115,7 @@ class Endpoint:
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
 
     def describe(self) -> str:
-        return f"{self.base_url} (model {self.model!r})"
+        return f"{display_url(self.base_url)} (model {self.model!r})"
 
     def wait_s(self) -> float:
         """The bound on each single wait on the server."""
@@ -120,7 +130,8 @@ class Endpoint:
                               f"{', '.join(PROMPT_FORMATS)}")
         problem = url_problem(self.base_url)
         if problem is not None:
-            raise ConfigError(f"base_url={self.base_url!r} is not usable: {problem}; use an "
+            raise ConfigError(f"base_url={display_url(self.base_url)!r} is not usable: "
+                              f"{problem}; use an "
                               "http(s) URL like http://127.0.0.1:8000/v1")
         for name in ("timeout_s", "read_timeout_s"):
             value = getattr(self, name)
@@ -252,6 +263,10 @@ class _Stream:
         self._call = call
         self.usage = Usage()
         self.finish_reason: str | None = None
+        self.first: float | None = None  # when its first and last text came (for the Meter)
+        self.last: float | None = None
+        self.tokens = 0
+        self.chars = 0
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self
@@ -272,6 +287,11 @@ class _Stream:
                 raise self._call.late()
             text = self._take(chunk)
             if text:
+                self.last = trio.current_time()
+                if self.first is None:
+                    self.first = self.last
+                self.tokens += 1
+                self.chars += len(text)
                 return text
 
     def _take(self, chunk: Any) -> str:
@@ -327,10 +347,19 @@ class OpenAIBackend:
 
     simulated = False
 
-    def __init__(self, default: Endpoint, nodes: Mapping[str, Endpoint] | None = None) -> None:
+    def __init__(self, default: Endpoint, nodes: Mapping[str, Endpoint] | None = None, *,
+                 remember_rates: bool = True) -> None:
+        """``remember_rates``: keep the rates measured of each endpoint in a cache file
+        (``~/.cache/stairflow/rates.json``, for a day), so the next run starts with them."""
         self.default = default.check()
         self.nodes = {k: v.check() for k, v in (nodes or {}).items()}
-        self.name = f"openai {default.base_url}"
+        self.meter = Meter()
+        # base URL -> the name its samples have in the cache file, for a server whose URL
+        # changes from run to run (the local model's free port); see stairflow._backends.meter
+        self.cache_names: dict[str, str] = {}
+        self._rate_cache = RateCache(rates_file()) if remember_rates else None
+        self._cache_loaded = False
+        self.name = f"openai {display_url(default.base_url)}"
         self._clients: dict[tuple[str, str | None, float], openai.AsyncOpenAI] = {}
         self._keys: set[str] = set()  # every key a client was made with
         self._models: dict[str, set[str] | None] = {}  # per base URL; None: cannot list
@@ -338,14 +367,60 @@ class OpenAIBackend:
         self.active = 0
 
     def secret_values(self) -> tuple[str, ...]:
-        """The API keys in use (read from each endpoint's ``api_key_env``), for redacting
-        them from anything shown or recorded."""
-        names = {ep.api_key_env for ep in (self.default, *self.nodes.values()) if ep.api_key_env}
+        """The API keys in use (read from each endpoint's ``api_key_env``) and the
+        credentials in the base URLs (``user:KEY@``), for redacting them from anything shown
+        or recorded."""
+        eps = (self.default, *self.nodes.values())
+        names = {ep.api_key_env for ep in eps if ep.api_key_env}
         values = {os.environ.get(name, "") for name in names} | self._keys
+        values.update(*(url_secrets(ep.base_url) for ep in eps))
         return tuple(sorted(v for v in values if v))
 
+    def _endpoints(self) -> list[Endpoint]:
+        return [self.default, *self.nodes.values()]
+
+    def _key(self, ep: Endpoint) -> tuple[str, str]:
+        return display_url(ep.base_url), ep.model
+
+    def _load_rates(self) -> None:
+        """The cached samples of this backend's endpoints (once, before the first use)."""
+        if self._cache_loaded or self._rate_cache is None:
+            return
+        self._cache_loaded = True
+        cached = Meter()
+        self._rate_cache.load_into(cached)
+        for ep in {self._key(ep): ep for ep in self._endpoints()}.values():
+            url, model = self._key(ep)
+            self.meter.adopt(cached, (self.cache_names.get(ep.base_url, url), model), (url, model))
+
+    def rates(self, node: str) -> Rates | None:
+        """The rates measured of ``node``'s endpoint and model so far (this run's requests and
+        the cached ones), for the step policy; None until they are measured (see
+        `stairflow._backends.meter`)."""
+        self._load_rates()
+        return self.meter.rates(*self._key(self.endpoint_for(node, None)))
+
+    def measured_rates(self) -> list[EndpointRates]:
+        """What has been measured of each endpoint this backend uses, for reports."""
+        self._load_rates()
+        keys = sorted({self._key(ep) for ep in self._endpoints()} & set(self.meter.endpoints()))
+        return [self.meter.measured(url, model) for url, model in keys]
+
+    def _save_rates(self) -> None:
+        if self._rate_cache is None or not self.meter.endpoints():
+            return
+        cached = Meter()
+        self._rate_cache.load_into(cached)  # other endpoints' samples stay
+        for ep in {self._key(ep): ep for ep in self._endpoints()}.values():
+            url, model = self._key(ep)
+            cached.replace(self.meter, (url, model), (self.cache_names.get(ep.base_url, url),
+                                                      model))
+        self._rate_cache.save(cached)
+
     async def aclose(self) -> None:
-        """Close the HTTP connection pools (also done by ``async with backend:``)."""
+        """Close the HTTP connection pools (also done by ``async with backend:``), and
+        remember the measured rates."""
+        self._save_rates()
         clients, self._clients = list(self._clients.values()), {}
         with trio.CancelScope(shield=True):
             for client in clients:
@@ -389,7 +464,7 @@ class OpenAIBackend:
         api_key = os.environ.get(ep.api_key_env, "") if ep.api_key_env else ""
         if ep.api_key_env and not api_key:
             raise ConfigError(f"environment variable {ep.api_key_env} (the API key for "
-                              f"{ep.base_url}) is not set")
+                              f"{display_url(ep.base_url)}) is not set")
         # one float bounds connect, write, pool and each read; retries are ours (_send)
         return openai.AsyncOpenAI(base_url=ep.base_url, api_key=api_key or "not-needed",
                                   timeout=ep.wait_s(), max_retries=0)
@@ -406,7 +481,8 @@ class OpenAIBackend:
     @asynccontextmanager
     async def open_stream(self, request: Request) -> AsyncIterator[_Stream]:
         ep = self.endpoint_for(request.node, request.model)
-        call = _Call(request.node, ep, trio.current_time() + ep.timeout_s, self.secret_values())
+        sent = trio.current_time()
+        call = _Call(request.node, ep, sent + ep.timeout_s, self.secret_values())
         try:
             client = self._client(ep)
         except ConfigError as exc:
@@ -426,10 +502,23 @@ class OpenAIBackend:
             yield adapted
         finally:
             self.active -= 1
+            self._measure(ep, request, sent, adapted)
             # closing the response frees the server's slot; do it even when cancelled
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await adapted.aclose()
                 await stream.close()
+
+    def _measure(self, ep: Endpoint, request: Request, sent: float, stream: _Stream) -> None:
+        """One request's timings into the `Meter` (only if it wrote: a request cut before
+        its first token says nothing of the server's speed)."""
+        if stream.first is None:
+            return
+        self._load_rates()
+        chars = sum(len(m.content) for m in request.messages) + len(request.prefix)
+        usage = stream.usage
+        self.meter.add(*self._key(ep), Sample(sent, stream.first, stream.last, stream.tokens,
+                                              chars, stream.chars, usage.prompt_tokens,
+                                              usage.cached_tokens))
 
     async def _create(self, client: openai.AsyncOpenAI, call: _Call, request: Request,
                       prefix: str) -> Any:

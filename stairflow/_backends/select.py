@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from .._errors import ConfigError
 from .._graph import CONTINUATIONS, PROMPT_FORMATS, FrozenGraph, Graph
-from .._urls import ENV_NAME, url_problem
+from .._urls import ENV_NAME, display_url, url_problem
 from .base import Backend, Completion, Request, describe_backend
 from .sim import SimBackend
 
@@ -70,7 +70,7 @@ class Planned:
 def _check_url(url: str, what: str) -> None:
     problem = url_problem(url)
     if problem is not None:
-        raise ConfigError(f"{what} {url!r} is not usable: {problem}; use one like "
+        raise ConfigError(f"{what} {display_url(url)!r} is not usable: {problem}; use one like "
                           "http://127.0.0.1:8000/v1")
 
 
@@ -190,9 +190,10 @@ def _endpoints(plan: list[Planned], local_url: str | None) -> dict[str, Endpoint
 
 
 def _name(endpoints: Mapping[str, Endpoint], local_url: str | None) -> str:
-    urls = sorted({e.base_url for e in endpoints.values()})
-    if local_url is not None and urls == [local_url]:
+    """The backend's name, as banners, reports and traces show it: no URL's credentials."""
+    if local_url is not None and {e.base_url for e in endpoints.values()} == {local_url}:
         return f"local {_local_model()} at {local_url}"
+    urls = sorted({display_url(e.base_url) for e in endpoints.values()})
     if len(urls) == 1:
         return f"openai {urls[0]}"
     return f"openai ({len(urls)} endpoints: {', '.join(urls)})"
@@ -297,6 +298,8 @@ async def _openai(plan: list[Planned], local_url: str | None) -> AsyncIterator[B
     default = next(iter(endpoints.values()), Endpoint("http://127.0.0.1/v1", "none"))
     built = OpenAIBackend(default, endpoints)
     built.name = _name(endpoints, local_url)
+    if local_url is not None:  # a new port each time: remember its rates by what it is
+        built.cache_names[local_url] = "local"
     try:
         yield built
     finally:

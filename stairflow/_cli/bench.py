@@ -8,6 +8,7 @@ ratio. Ctrl-C stops at once and still prints what was measured.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 from collections.abc import Callable, Sequence
@@ -71,6 +72,9 @@ def add_parser(sub: Any) -> None:
                         "nodes (later chunks as declared), e.g. 4,8,16,32,64")
     b.add_argument("--context", metavar="LAYOUT,...",
                    help="sweep: the prompt layout of every llm node, e.g. rebuild,append")
+    b.add_argument("--steps", metavar="BUDGETS,...",
+                   help="sweep: every llm node's step budgets as declared or sized from the "
+                        "backend's measured rates, e.g. declared,auto")
     add_backend_options(b)
     b.set_defaults(handler=_bench)
 
@@ -107,6 +111,12 @@ def _sweep(args: argparse.Namespace, graph: FrozenGraph) -> list[tuple[str, Froz
     """The graph as declared, or each variant the sweep options ask for, with its label."""
     firsts: list[int | None] = [None]
     layouts: list[Literal["rebuild", "append"] | None] = [None]
+    budgets: list[Literal["declared", "auto"] | None] = [None]
+    if args.steps:
+        kinds = args.steps.split(",")
+        if any(v not in ("declared", "auto") for v in kinds):
+            raise ConfigError(f"--steps {args.steps}: give declared, auto or both")
+        budgets = ["auto" if v == "auto" else "declared" for v in kinds]
     if args.first_chunk:
         try:
             sizes = [int(v) for v in args.first_chunk.split(",")]
@@ -123,20 +133,25 @@ def _sweep(args: argparse.Namespace, graph: FrozenGraph) -> list[tuple[str, Froz
         layouts = ["append" if v == "append" else "rebuild" for v in names]
     llm = {n.name for n in graph.llm_nodes()}
     variants = []
-    for first in firsts:
-        for layout in layouts:
-            g, label = graph, []
-            if first is not None:
-                edges = tuple(replace(e, trigger=tokens([first, *_later(e.trigger)]))
-                              if e.src in llm and e.dst in llm else e for e in g.edges)
-                g = replace(g, edges=edges, declared_edges=edges)
-                label.append(f"first chunk {first}")
-            if layout is not None:
-                nodes = {n: replace(v, context=layout) if isinstance(v, LLMNode) else v
-                         for n, v in g.nodes.items()}
-                g = replace(g, nodes=nodes)
-                label.append(f"context {layout}")
-            variants.append((", ".join(label) or "as declared", g))
+    for first, layout, steps in itertools.product(firsts, layouts, budgets):
+        g, label = graph, []
+        if first is not None:
+            edges = tuple(replace(e, trigger=tokens([first, *_later(e.trigger)]))
+                          if e.src in llm and e.dst in llm else e for e in g.edges)
+            g = replace(g, edges=edges, declared_edges=edges)
+            label.append(f"first chunk {first}")
+        if layout is not None:
+            nodes = {n: replace(v, context=layout) if isinstance(v, LLMNode) else v
+                     for n, v in g.nodes.items()}
+            g = replace(g, nodes=nodes)
+            label.append(f"context {layout}")
+        if steps is not None:
+            if steps == "auto":
+                g = replace(g, nodes={n: replace(v, steps="auto")
+                                      if isinstance(v, LLMNode) else v
+                                      for n, v in g.nodes.items()})
+            label.append(f"steps {steps}")
+        variants.append((", ".join(label) or "as declared", g))
     return variants
 
 
@@ -161,7 +176,7 @@ def _bench(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) ->
         raise ConfigError(f"--timeline {args.timeline}: not a directory; create it first")
     results: list[dict[str, list[Report]]] = [{m: [] for m in MODES} for _ in variants]
     firsts: dict[tuple[int, str], dict[str, Any]] = {}
-    info: dict[str, Any] = {}
+    info: dict[str, Any] = {"rates": []}
     total = len(variants) * args.repeat * len(prompts) * len(MODES)
     console = Console(file=err, stderr=True)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
@@ -189,6 +204,7 @@ def _bench(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) ->
                             progress.update(task, advance=1,
                                             description=f"bench {graph.name} ({label}): {mode}, "
                                                         f"prompt {i + 1}/{len(prompts)}")
+                            info["rates"] = [dict(r) for r in run.report().rates]
 
     clock = trio.testing.MockClock(autojump_threshold=0) if args.virtual_clock else None
     interrupted = False
@@ -300,7 +316,26 @@ def _summary(graph: FrozenGraph, info: dict[str, Any], results: dict[str, list[R
             "simulated": info.get("simulated"), "virtual_clock": bool(args.virtual_clock),
             "runs_per_mode": {m: len(results[m]) for m in MODES},
             "spread": "p10-p90" if n >= 10 else "min-max", "interrupted": interrupted,
-            "metrics": metrics}
+            "metrics": metrics, "nodes": _node_times(graph, results),
+            "rates": info.get("rates", [])}
+
+
+def _node_times(graph: FrozenGraph, results: dict[str, list[Report]]) -> dict[str, Any]:
+    """Each node's first token and end (``ttft_s``, ``done_s``): median and spread per mode,
+    to see that no node is later in staircase mode beyond the run-to-run spread."""
+    out: dict[str, Any] = {}
+    for name in graph.order:
+        if name in (graph.input, graph.output):
+            continue
+        out[name] = {}
+        for key in ("ttft_s", "done_s"):
+            row: dict[str, Any] = {}
+            for mode in MODES:
+                values = [v for r in results[mode]
+                          if (v := getattr(r.nodes[name], key)) is not None]
+                row[mode] = _spread(values) if values else None
+            out[name][key] = row
+    return out
 
 
 def _cell(stats: dict[str, float] | None, unit: str) -> str:

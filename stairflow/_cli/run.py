@@ -17,6 +17,7 @@ import trio.testing
 
 from .._backends.base import Backend, describe_backend
 from .._backends.local import LOCAL_MODEL, LocalModelMissing
+from .._backends.meter import EndpointRates
 from .._backends.redact import redact_data
 from .._backends.select import CHOICES, open_backend
 from .._backends.sim import SimBackend
@@ -179,6 +180,9 @@ def _summary(report: Report) -> str:
     lost = [f"{name} ({n.error})" for name, n in report.nodes.items() if n.error]
     if lost:
         lines.append("dropped after an error: " + "; ".join(lost))
+    if report.rates:
+        lines.append("measured: " + "; ".join(EndpointRates(**r).describe()
+                                              for r in report.rates))
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Unpack
+from typing import Any, Unpack
 
 import trio
 import trio.testing
@@ -130,12 +130,20 @@ class Run:
             if not self.finished:
                 self.trace.record("run_cancel")
             raise
+        rates = self._measured()
         if self.error is not None:
-            self.trace.record("run_error", error=str(self.error))
+            self.trace.record("run_error", error=str(self.error), **rates)
         elif self._scope.cancelled_caught or self.cancelled:
-            self.trace.record("run_cancel")
+            self.trace.record("run_cancel", **rates)
         else:
-            self.trace.record("run_end")
+            self.trace.record("run_end", **rates)
+
+    def _measured(self) -> dict[str, Any]:
+        """The rates a real backend measured (see `stairflow._backends.meter`), for the
+        end event: ``{"rates": [...]}``, or nothing when it measured none."""
+        measured = getattr(self.backend, "measured_rates", None)
+        rates = tuple(r.as_json() for r in measured()) if callable(measured) else ()
+        return {"rates": rates} if rates else {}
 
     def _body(self, name: str) -> Callable[[], Awaitable[None]]:
         node = self.graph.nodes[name]
