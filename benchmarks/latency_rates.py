@@ -86,14 +86,21 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     print(f"{graph}, {delay:g} s added per request", file=sys.stderr, flush=True)
                     results.append({"graph": graph, "delay_s": delay,
                                     "variants": _bench(graph, url, args, env)})
+                    DATA.write_text(json.dumps(_record(args, results), indent=1) + "\n")
             finally:
                 proxy.terminate()
                 proxy.wait()
     finally:
         subprocess.run([*STAIRFLOW, "local", "stop"], env=env, capture_output=True, check=False)
-    return {"machine": f"{_cpu()}, {os.cpu_count()} cores", "date": datetime.date.today()
-            .isoformat(), "repeat": args.repeat, "max_tokens": args.max_tokens,
-            "results": results}
+    return _record(args, results)
+
+
+def _record(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """What was measured so far, with the machine and the date (written after each bench, so
+    an interrupted run keeps what it measured)."""
+    return {"machine": f"{_cpu()}, {os.cpu_count()} cores",
+            "date": datetime.date.today().isoformat(), "repeat": args.repeat,
+            "max_tokens": args.max_tokens, "results": results}
 
 
 def _median(summary: dict[str, Any], metric: str, mode: str) -> float | None:

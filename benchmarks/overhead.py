@@ -1,6 +1,7 @@
 """Scheduler overhead: what stairflow itself costs, without a model.
 
     python benchmarks/overhead.py [--runs 1000] [--real-runs 1000] [--skip-hops]
+    python benchmarks/overhead.py --skip-hops --real-runs 0   # the virtual-time runs only
 
 1. Hops: tokens through a chain of pass-through fn nodes against a bare Trio memory-channel
    pipeline doing the same hops (wall clock): one token per chunk, and chunks of 32 tokens
@@ -175,6 +176,20 @@ async def _many_sampled(graph: sf.FrozenGraph, runs: int, ttfts: list[float],
         nursery.cancel_scope.cancel()
 
 
+def real_time(moa: sf.FrozenGraph, runs: int, one: float) -> None:
+    rss0 = _rss_kib()
+    ttfts: list[float] = []
+    peak = [rss0]
+    start = time.perf_counter()
+    trio.run(_many_sampled, moa, runs, ttfts, peak)
+    wall = time.perf_counter() - start
+    q = statistics.quantiles(ttfts, n=100)
+    print(f"[simulated] {runs} concurrent moa runs in real time: {wall:.1f} s wall; TTFT "
+          f"p50 {q[49]:.3f} s, p99 {q[98]:.3f} s (one run alone: {one:.3f} s; above it, the "
+          f"process is short of CPU); resident memory grew {(peak[0] - rss0) / runs:.0f} "
+          "KiB per run at most")
+
+
 def concurrent(runs: int, real_runs: int) -> None:
     moa = sf.resolve_graph("moa")
     one = sf.run(moa, None, virtual_clock=True).ttft_s or 0.0
@@ -183,17 +198,8 @@ def concurrent(runs: int, real_runs: int) -> None:
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     print(f"\n[simulated] memory of one moa run, trace included: {peak / 1024:.0f} KiB peak")
-    rss0 = _rss_kib()
-    ttfts: list[float] = []
-    peak = [rss0]
-    start = time.perf_counter()
-    trio.run(_many_sampled, moa, real_runs, ttfts, peak)
-    wall = time.perf_counter() - start
-    q = statistics.quantiles(ttfts, n=100)
-    print(f"[simulated] {real_runs} concurrent moa runs in real time: {wall:.1f} s wall; TTFT "
-          f"p50 {q[49]:.3f} s, p99 {q[98]:.3f} s (one run alone: {one:.3f} s; above it, the "
-          f"process is short of CPU); resident memory grew {(peak[0] - rss0) / real_runs:.0f} "
-          "KiB per run at most")
+    if real_runs:
+        real_time(moa, real_runs, one)
     for label, threshold in (("Python's default collector settings", None),
                              (f"gc.set_threshold({GC_THRESHOLD[0]:_})", GC_THRESHOLD)):
         ttfts = []
@@ -217,7 +223,8 @@ def concurrent(runs: int, real_runs: int) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=1000, help="concurrent runs in virtual time")
-    ap.add_argument("--real-runs", type=int, default=1000, help="concurrent runs in real time")
+    ap.add_argument("--real-runs", type=int, default=1000,
+                    help="concurrent runs in real time (0: none)")
     ap.add_argument("--skip-hops", action="store_true", help="only the concurrent runs")
     args = ap.parse_args()
     if not args.skip_hops:

@@ -21,6 +21,7 @@ long on a fast server and too short on a slow one). With both, whichever comes f
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -50,6 +51,30 @@ class Join:
         due = [max(ready, first) + self.max_wait_s] if self.max_wait_s is not None else []
         if self.straggler is not None:
             due.append(max(ready, first + self.straggler * (first - stepped)))
+        return min(due) if due else None
+
+    def on_part(self, inputs: int) -> bool:
+        """Whether a node with ``inputs`` inputs may take its first step before all of them
+        have ended (``any``, ``quorum(k)`` with ``k`` below ``inputs``, a straggler timeout or
+        factor); with one input, no join can."""
+        if inputs < 2:
+            return False
+        return self.waits or self.policy == "any" or (self.policy == "quorum"
+                                                       and self.k < inputs)
+
+    def first_due(self, ends: Sequence[float], inputs: int, start: float) -> float | None:
+        """When normal mode's first step starts, as far as the ends seen so far tell: there
+        each of the ``inputs`` arrives whole when it ends (``ends``: those that have ended,
+        in any order), the join counts ended inputs, and a straggler timeout or factor counts
+        from the first end (``start``: when the node began waiting). None: not before
+        another input ends."""
+        if not ends:
+            return None
+        ordered = sorted(ends)
+        due = [t for m, t in enumerate(ordered, 1) if self.satisfied(m, inputs)][:1]
+        timer = self.deadline(start, ordered[0], start)
+        if timer is not None:
+            due.append(timer)
         return min(due) if due else None
 
     def satisfied(self, pending: int, candidates: int) -> bool:

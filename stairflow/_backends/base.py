@@ -15,7 +15,9 @@ connections, check models), ``rates(node)`` (the node's prefill and decode rates
 `Rates`, for the no-regret step policy in `stairflow._core.policy`; None if unknown; asked
 again as the run goes, so measured rates apply as soon as they exist) and
 ``measured_rates()`` (what it measured of its endpoints, for the report: see
-`stairflow._backends.meter`).
+`stairflow._backends.meter`). A stream may also offer ``take(n, write)`` (the simulator's
+does): hand over up to ``n`` tokens due now in one wake-up instead of one per token; the
+runtime asks for it only in a node's final step, where no cut can fall between them.
 """
 
 from __future__ import annotations

@@ -12,10 +12,11 @@ from .._errors import StairflowError
 from .._prompts import Message
 from .base import Request
 from .local import LOCAL_MODEL, LocalServer, _http_status
+from .meter import EndpointRates
 from .openai import CONTINUATIONS, Endpoint, OpenAIBackend
 
-__all__ = ["forget_server", "probe", "remember_server", "running_server", "running_server_url",
-           "state_file"]
+__all__ = ["forget_server", "probe", "probe_rates", "remember_server", "running_server",
+           "running_server_url", "state_file"]
 
 QUESTION = "Count from one to ten in words, separated by spaces."
 PREFIX = "one two three"
@@ -41,6 +42,31 @@ async def probe(base_url: str, model: str, api_key_env: str | None = None
         note = "" if ok else "empty" if not words else "does not go on where it stopped"
         results[mode] = (ok, f"{note} -> {text[:40]!r}".strip())
     return results
+
+
+FILLER = "The quick brown fox jumps over the lazy dog. "
+PROBE_SIZES = (2, 30, 60, 120)  # sentences: prompts of about 30 to 1,300 tokens
+
+
+async def probe_rates(base_url: str, model: str, api_key_env: str | None = None
+                      ) -> EndpointRates | None:
+    """The endpoint's latency, prefill and decode rates, measured on four requests whose
+    prompts differ in size (what a run would measure; they are remembered for the next run,
+    see `stairflow._backends.meter`). None if a request fails."""
+    backend = OpenAIBackend(Endpoint(base_url, model, api_key_env, "chat-prefix", "chatml",
+                                     60.0, 0))
+    async with backend:
+        for n in PROBE_SIZES:
+            text = f"Say 'done' after reading this: {FILLER * n}"
+            request = Request("probe", (Message("user", text),), "", 16, 0.0, model)
+            try:
+                async with backend.open_stream(request) as stream:
+                    async for _ in stream:
+                        pass
+            except StairflowError:
+                return None
+        measured = backend.measured_rates()
+    return measured[0] if measured else None
 
 
 def state_file() -> Path:

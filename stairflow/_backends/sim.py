@@ -6,7 +6,9 @@ prefill_tps`` after it is sent, and token ``k`` (from 0) ``k / decode_tps`` afte
 text depends only on the seed, the node and the position in the node's answer, never on the
 prompt, so a node writes the same answer whatever its inputs (what the plumbing-equivalence
 property relies on); the answer ends ("stop") after ``output_tokens`` tokens.
-Prompt tokens are counted as whitespace-separated words plus 3 per message.
+Prompt tokens are counted as whitespace-separated words plus 3 per message. A stream can also
+hand over, in one wake-up, tokens that nobody can observe one by one (`_SimStream.take`: the
+runtime asks for those that complete no chunk), each with the time it was due.
 
 Under ``trio.testing.MockClock(autojump_threshold=0)`` all of this runs in virtual time:
 minutes of simulated model time take milliseconds, with exact timestamps.
@@ -17,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
@@ -169,10 +171,39 @@ class _SimStream:
             self.finish_reason = self._finish
             raise StopAsyncIteration
         await wait_until(self._first + self._k / self._decode)
+        return self._next()
+
+    def _next(self) -> str:
         word = _token(self._seed, self._node, self._total, self._position + self._k)
         self._k += 1
         self.usage.completion_tokens = self._k
         return word
+
+    async def take(self, n: int, write: Callable[[str, float], None]) -> None:
+        """The next ``n`` tokens (fewer if the answer ends first) in one wake-up, when the
+        last of them is due: each goes to ``write`` with the time it was due, or the time of
+        this call if that has passed (as one `__anext__` at a time would have had it).
+        Cancelled meanwhile, it hands over those due by then and lets the cancellation on.
+
+        Why: one task switch per token was most of what a simulated token cost, in the
+        scheduler and in the cycle collector (docs/performance.md). The runtime asks for
+        a batch only of tokens nothing can observe one by one: none completes a chunk."""
+        n = min(n, self._n - self._k)
+        if n <= 0:
+            return
+        now = trio.current_time()
+        due = [max(now, self._first + (self._k + i) / self._decode) for i in range(n)]
+        try:
+            await wait_until(due[-1])
+        except trio.Cancelled:
+            now = trio.current_time()
+            for at in due:
+                if at > now:
+                    break
+                write(self._next(), at)
+            raise
+        for at in due:
+            write(self._next(), at)
 
 
 def _what_if(values: Any, where: str) -> dict[str, float]:

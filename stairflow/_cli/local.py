@@ -160,11 +160,15 @@ def _status(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -
 
 
 def _probe(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
-    from .._backends.probe import probe
+    from .._backends.probe import probe, probe_rates
 
     results = trio.run(probe, args.base_url, args.model, args.api_key_env)
     for name, (ok, detail) in results.items():
         print(f"{name:14} {'works' if ok else 'no':6} {detail}", file=out)
     best = next((n for n, (ok, _) in results.items() if ok), None)
     print(f"use: --continuation {best}" if best else "no way to continue works here", file=out)
+    if best:
+        rates = trio.run(probe_rates, args.base_url, args.model, args.api_key_env)
+        print(f"rates: {rates.describe()}" if rates else "rates: not measured (a request "
+              "failed)", file=out)
     return 0 if best else 1

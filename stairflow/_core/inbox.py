@@ -7,7 +7,8 @@ gained by stepping once per chunk, and coalescing means a node waiting on a slow
 forces a fast one to stall - no artificial deadlock in reconvergent graphs). The join policy
 decides when a step may start (`ready`); `consume` takes the step. A failed input whose node
 declared ``on_error = "drop"`` is *dropped*: its text leaves the inbox and the node goes on
-with the others.
+with the others. Each input's end is timed, so that until its first step a node can tell when
+normal mode's join would have let it step (`normal_due`, for the step policy).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class _Port:
     ended_pending: bool = False  # the end has not been seen by a step yet
     dropped: bool = False
     since: float | None = None  # arrival of the oldest pending chunk
+    ended_at: float | None = None  # arrival of the last chunk (or the drop)
 
 
 @dataclass
@@ -96,6 +98,7 @@ class Inbox:
         port.since = now if port.since is None else port.since
         if last:
             port.ended = port.ended_pending = True
+            port.ended_at = now
             self._ended += 1
 
     def drop(self, name: str, now: float) -> None:
@@ -103,6 +106,7 @@ class Inbox:
         port = self._ports[name]
         self._ended += not port.ended
         port.dropped = port.ended = port.ended_pending = True
+        port.ended_at = now if port.ended_at is None else port.ended_at
         port.received, port.pending = [], ""  # a new list: earlier steps keep their text
         port.since = now if port.since is None else port.since
 
@@ -133,6 +137,15 @@ class Inbox:
         ports = self._ports.values()
         times = [p.since for p in ports if self._is_pending(p) and p.since is not None]
         return self.join.deadline(ready_since, min(times), self.stepped_at) if times else None
+
+    def normal_due(self) -> float | None:
+        """Before the first step: when normal mode's join would let the node step, judged on
+        the inputs that have ended (normal mode receives each whole, at its end: see
+        `Join.first_due`). None once a step is taken, or while no end tells yet."""
+        if self.steps_taken:
+            return None
+        ends = [p.ended_at for p in self._ports.values() if p.ended_at is not None]
+        return self.join.first_due(ends, len(self._ports), self.stepped_at)
 
     @property
     def all_dropped(self) -> bool:

@@ -4,7 +4,9 @@ Theory of operation. Compare one node in the two modes on the same graph and tim
 (``latency_s``, prefill rate ``p``, decode rate ``d``, an answer that does not depend on the
 prompt). In normal mode a node whose join waits for every input takes one step, at ``T_n``,
 when its last input ends, with prompt ``N``: its token ``j`` comes at
-``T_n + latency + N/p + j/d``. In staircase mode the runtime does two things:
+``T_n + latency + N/p + j/d``. In staircase mode the runtime does two things (three, below,
+at joins on part of the inputs; it runs the same rules in normal mode, the same graph with
+``complete`` triggers, where they change nothing at joins on every input):
 
 1. **Preemption.** When every input has ended (at ``T_s``), a step still in flight is cut and
    the final step starts at once, continuing the ``o`` tokens written so far; its prompt is
@@ -23,14 +25,36 @@ later in staircase mode, so every input ends no later: ``T_s <= T_n``. Tokens wr
 node, its first and its last included, comes no later than in normal mode: staircase is never
 slower, on any depth of graph, with any trigger.
 
+3. **Normal mode's first step, evaluated online.** At a join on part of the inputs
+   (``any``, ``quorum(k)`` below the number of inputs, a straggler timeout or factor:
+   `Join.on_part`) normal mode may step before every input has ended, and rule 2 alone could
+   leave staircase mode waiting long after it. But normal mode's rule needs no future: there
+   each input arrives whole at its end, so its first step comes once the join holds on the
+   inputs that have *ended*, or its timer runs out, counted from the first end
+   (`Join.first_due`, `Inbox.normal_due`). A node that has sent no request by then takes its
+   first step then, whether it pays or not (in normal mode: its join's first step is never
+   skipped). And a node's first request on part of its inputs is not cut before its first
+   token (rule 1 waits for that token, then decides as for any writing step): that token is
+   what this rule promises.
+
+The bound at such joins. Take a node whose every input ends no later in staircase mode than in
+normal mode (an input cancelled because nobody needs it any more has had this node finish
+first). A join holds on more ended inputs if it holds on fewer, and a timer counted from an
+earlier first end runs out no later, so normal mode's rule holds on staircase mode's ends no
+later than on its own: the first request goes out at ``T_s <= T_n`` (it may be an earlier
+step that paid). Neither mode cuts it before its first token, so the first tokens come at
+``T_s + latency + N_s/p`` and ``T_n + latency + N_n/p``:
+``first_s <= first_n + (N_s - N_n)/p``, where ``N_s - N_n`` is the extra text the first request
+read (unfinished inputs, in staircase mode). No online policy can promise more: whether that
+text was worth reading depends on when inputs that have sent nothing yet will end
+(docs/concepts.md has the two-input example). Nothing is promised for the rest of the node's
+answer. Which nodes: those fed by the input and by nodes the all-input argument covers (every
+ancestor's join waits for every input); below a join on part of the inputs, wherever the
+inputs happen to end no later (the property test checks exactly that class).
+
 What it needs: the backend's rates for the node and its prompt-token count (`Rates`; the
-simulator knows them exactly; a backend that does not say skips the rule and every step is
-taken as declared, preemption still applies). What it cannot cover: joins that step on part
-of the inputs (``any``, ``quorum(k)`` below the number of inputs, straggler timeouts). There
-normal mode's step reads only finished inputs while staircase has read unfinished text of
-the others, and whether waiting would have been cheaper depends on when an input that has
-sent nothing yet will end - unknowable to an online policy (docs/concepts.md has the
-two-input example).
+simulator knows them exactly; a backend that does not say skips rule 2 and every step is
+taken as declared, preemption still applies).
 """
 
 from __future__ import annotations

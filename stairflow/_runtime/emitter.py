@@ -10,6 +10,10 @@ end, in its text), so the producer's exact token stream can be rebuilt from the 
 how `stairflow.testing` checks that every chunk is the one its trigger asks for. A trigger
 that cuts outside its buffer (a user-defined trigger's bug) fails this node with an error
 naming the trigger and the edge.
+
+Tokens that complete no chunk on any out-edge (`Emitter.quiet` counts them in advance, for
+token counts and ``complete``) are observed by nobody one by one: a backend that can (the
+simulator) hands them over in one batch, with their times (`Emitter.write_quiet`).
 """
 
 from __future__ import annotations
@@ -20,10 +24,10 @@ from dataclasses import dataclass
 
 import trio
 
-from .._errors import GraphError, NodeError
+from .._errors import GraphError, InternalError, NodeError
 from .._graph import Edge
 from .._trace import Trace
-from .._triggers import Cutter, Piece, Trigger
+from .._triggers import Cutter, Piece, Trigger, complete, tokens
 from .clock import settle
 from .inbox import LiveInbox
 
@@ -33,6 +37,9 @@ __all__ = ["Emitter"]
 # scheduler run others after this many tokens: a scheduler pass per token cost more than the
 # rest of a chunk hop, and a few tokens of delay is far below any model's pace.
 YIELD_EVERY = 8
+
+# the triggers that say in advance when they cut: a token count, and never (until the end)
+_COUNT, _NEVER = type(tokens(1)), type(complete())
 
 
 @dataclass
@@ -103,6 +110,31 @@ class Emitter:
             if self._unyielded >= YIELD_EVERY:
                 self._unyielded = 0
                 await trio.lowlevel.checkpoint()
+
+    def quiet(self) -> int:
+        """How many more tokens can come before one completes a chunk on an out-edge: nothing
+        can observe them one by one (0 when a trigger cannot say in advance, or cuts by
+        time). They may come in one batch (`write_quiet`), as the simulator offers."""
+        if self.timed:
+            return 0
+        n = 1 << 62
+        for out in self.outs:
+            trigger = out.cutter.trigger
+            if type(trigger) is _COUNT:
+                buf = out.cutter.buf
+                n = min(n, trigger.size(buf.index) - len(buf.token_ends) - 1)  # type: ignore[attr-defined]
+            elif type(trigger) is not _NEVER:
+                return 0
+        return max(n, 0)
+
+    def write_quiet(self, token: str, at: float) -> None:
+        """One of the tokens `quiet` counted, written at ``at`` (in the past, or now)."""
+        self._parts.append(token)
+        self.tokens += 1
+        for out in self.outs:
+            if out.cutter.feed(token, at):
+                raise InternalError(f"node '{self.node}': a token said to complete no chunk "
+                                    f"completed one on edge {out.edge.src} -> {out.edge.dst}")
 
     async def _feed(self, token: str, now: float) -> None:
         for out in self.outs:

@@ -65,7 +65,9 @@ class LiveInbox:
                         settled: bool = True) -> Step:
         """Wait until the join holds (or a straggler timeout passes), then take the step.
         With ``pays``, a step before every input has ended is taken only if ``pays`` says so
-        about it (see `stairflow._core.policy`); otherwise the node waits for more input.
+        about it (see `stairflow._core.policy`), or if it is the first and normal mode's join
+        would have let the node step by now (`Inbox.normal_due`); otherwise the node waits
+        for more input.
         ``settled=False``: in virtual time, do not wait for everything due at this instant
         first (the output node: it passes text on, and chunks of one instant may as well
         come in two steps as in one)."""
@@ -86,9 +88,16 @@ class LiveInbox:
                         await self._changed.park()
                 if self._virtual and settled:  # `settle`, without a coroutine in real time
                     await settle(True)
-                if pays is None or self.core.all_ended or pays(self.core.peek()):
+                # normal mode's first step is owed, whether it pays or not
+                due = None if pays is None else self.core.normal_due()
+                owed = due is not None and self._clock() >= due
+                if pays is None or owed or self.core.all_ended or pays(self.core.peek()):
                     return self.core.consume(self._clock())
-                await self._changed.park()
+                if due is None:
+                    await self._changed.park()
+                    continue
+                with trio.move_on_at(due):
+                    await self._changed.park()
         finally:
             self.waiting = False
             if self._space:

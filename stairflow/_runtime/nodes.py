@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
 
 from .._backends.base import Completion, Request
 from .._core.inbox import Step
-from .._core.policy import Layout, Rates, early_step_pays, keep_writing, overheads
+from .._core.policy import Layout, early_step_pays, keep_writing, overheads
 from .._errors import NodeError
 from .._graph import FnNode, LLMNode
 from .._prompts import InputText, Message, StepText, build_messages
@@ -61,6 +61,8 @@ class _InFlight:
     last: float = 0.0  # when it wrote the last of them
     emitting: bool = False  # a token is being delivered: cut after it, not in the middle
     cut: bool = False
+    keep_first: bool = False  # the first request on part of the inputs: kept to its 1st token
+    wrote: trio.Event = field(default_factory=trio.Event)  # its first token, or its end
 
 
 async def run_llm(run: Run, node: LLMNode) -> None:
@@ -71,6 +73,7 @@ async def run_llm(run: Run, node: LLMNode) -> None:
     history: list[StepText] = []  # earlier steps that wrote something
     carry: dict[str, str] = {}  # input taken by steps cut before they wrote anything
     flight = _InFlight()
+    on_part = node.join.on_part(len(run.graph.inputs_of(node.name)))
 
     def prompt(step: Step) -> tuple[list[Message], str, tuple[tuple[str, str], ...]]:
         inputs = [InputText(n, t, n in step.finished, n == query_src)
@@ -100,8 +103,10 @@ async def run_llm(run: Run, node: LLMNode) -> None:
     k = 0
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_preempt_when_inputs_end, run, inbox, flight, rates)
+            nursery.start_soon(_preempt_when_inputs_end, run, inbox, flight, node.name)
             while out.tokens < node.max_tokens:
+                if rates is None:  # a real endpoint's rates come once measured
+                    rates = run.rates_for(node.name)
                 step = await inbox.next_step(None if rates is None else pays)
                 if inbox.core.all_dropped:
                     raise NodeError(node.name, "every input failed and was dropped")
@@ -112,6 +117,7 @@ async def run_llm(run: Run, node: LLMNode) -> None:
                 request = Request(node.name, tuple(messages), prefix,
                                   budget(step, messages, prefix),
                                   node.temperature, node.model, k, before)
+                flight.keep_first = on_part and k == 0
                 finish = await _call(run, request, None if step.final else flight)
                 wrote = out.text[chars_before:]
                 if wrote:
@@ -147,15 +153,21 @@ def _joined(a: Mapping[str, str], b: Mapping[str, str]) -> dict[str, str]:
 
 
 async def _preempt_when_inputs_end(
-    run: Run, inbox: LiveInbox, flight: _InFlight, rates: Rates | None
+    run: Run, inbox: LiveInbox, flight: _InFlight, name: str
 ) -> None:
     """Once every input has ended, cut a step still in flight so that the final step starts
-    now - unless it is already writing and finishing it is no later (see `keep_writing`)."""
+    now - unless it is already writing and finishing it is no later (see `keep_writing`). A
+    first request on part of the inputs is not cut before its first token: that token is
+    what the policy promises against normal mode's (`stairflow._core.policy`), so the
+    decision waits for it."""
     await inbox.ended.wait()
     await settle(run.virtual)  # what is due at this very instant lands first
+    if flight.scope is not None and flight.keep_first and not flight.written:
+        await flight.wrote.wait()
     if flight.scope is None:
         return
     since_last = trio.current_time() - flight.last
+    rates = run.rates_for(name)  # as known now (a real endpoint's are measured as it runs)
     if flight.written and keep_writing(rates, left=flight.budget - flight.written,
                                        since_last=since_last):
         return
@@ -174,9 +186,12 @@ async def _call(run: Run, req: Request, flight: _InFlight | None = None) -> str 
     scope = trio.CancelScope()
     if flight is not None:
         flight.scope, flight.cut, flight.budget, flight.written = scope, False, req.max_tokens, 0
+        flight.wrote = trio.Event()
     try:
         with scope:
             async with run.backend.open_stream(req) as stream:
+                # the simulator can hand over the tokens that complete no chunk in one go
+                take = getattr(stream, "take", None) if flight is None else None
                 async for token in stream:
                     if flight is not None and flight.cut:
                         break  # cut while this token was on its way: the final step goes on
@@ -184,9 +199,12 @@ async def _call(run: Run, req: Request, flight: _InFlight | None = None) -> str 
                         run.trace.record("first_token", req.node, step=req.step)
                     if flight is None:
                         await out.emit(token)
+                        if take is not None and (quiet := out.quiet()):
+                            await take(quiet, out.write_quiet)
                         continue
                     flight.emitting = True
                     flight.written, flight.last = flight.written + 1, run.trace.clock()
+                    flight.wrote.set()
                     await out.emit(token)
                     flight.emitting = False
                     if flight.cut:  # cut while this token was being delivered
@@ -199,6 +217,7 @@ async def _call(run: Run, req: Request, flight: _InFlight | None = None) -> str 
     finally:
         if flight is not None:
             flight.scope, flight.emitting = None, False
+            flight.wrote.set()
     cut = scope.cancelled_caught or (flight is not None and flight.cut)
     if stream is None or (cut and stream.finish_reason is None):
         _record_cancel(run, req, stream, cut=True)

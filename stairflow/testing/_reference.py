@@ -6,8 +6,12 @@ nodes are worked out one after the other in topological order, each from the chu
 times of its inputs, with the timing model's formulas written out here (a request's first
 token comes ``latency_s + prompt_tokens / prefill_tps`` after it is sent, token ``k`` then
 ``k / decode_tps`` later; a step starts when its join holds, or its straggler timeout runs
-out). It shares with the runtime only pure pieces that have their own tests: the trigger
-rules (`Cutter`), prompt building, and the simulated tokenizer and text.
+out, and the step policy lets it: an early step that pays, the final one, or a node's first
+step once normal mode's would start, worked out from its inputs' ends; a step in flight when
+the inputs end is cut, unless it is writing and finishing is no later, or it is a first
+request on part of the inputs, which keeps its first token). It shares with the runtime only
+pure pieces that have their own tests: the trigger rules (`Cutter`), prompt building, the
+step policy's arithmetic (`stairflow._core.policy`), and the simulated tokenizer and text.
 
 Where it applies: graphs of input, llm and output nodes, with token-count or rule triggers
 (any join, straggler timeouts included), run on the simulated backend in virtual time. fn
@@ -88,11 +92,13 @@ def _cut(trigger: Trigger, line: _Line) -> list[_Arrival]:
 
 def _step_start(node: str, arrivals: dict[str, list[_Arrival]], used: dict[str, int],
                 ready: float, join: Join, takes: Callable[[float], bool],
-                stepped: float = 0.0) -> float:
+                stepped: float = 0.0, owed: float = math.inf) -> float:
     """The first instant at or after ``ready`` when the join holds (or its wait runs out) and
-    the step is worth taking (``takes``: the no-regret policy, or the final step)."""
+    the step is worth taking (``takes``: the no-regret policy, or the final step). ``owed``:
+    an instant ``takes`` may change its mind at without an arrival (normal mode's first
+    step)."""
     times = sorted({ready} | {a.t for name, arr in arrivals.items() for a in arr[used[name]:]
-                              if a.t > ready})
+                              if a.t > ready} | ({owed} if ready < owed < math.inf else set()))
 
     def state(at: float) -> tuple[int, int, float | None]:
         pending = candidates = 0
@@ -134,12 +140,35 @@ def _due(join: Join, ready: float, earliest: float, stepped: float) -> float:
     return min(due)
 
 
+def _normal_first(join: Join, ends: list[float]) -> float:
+    """When normal mode's first step starts: there each input arrives whole at its end, so the
+    join counts ended inputs, and a straggler timeout or factor counts from the first end
+    (written out here from the join's docs)."""
+    ordered = sorted(ends)
+    need = {"all": len(ends), "any": 1, "quorum": min(join.k, len(ends))}[join.policy]
+    due = [ordered[need - 1]]
+    if join.waits:
+        due.append(_due(join, 0.0, ordered[0], 0.0))
+    return min(due)
+
+
+def _on_part(join: Join, inputs: int) -> bool:
+    """Whether the join may take a first step before every input has ended (written out)."""
+    return inputs > 1 and (join.max_wait_s is not None or join.straggler is not None
+                           or join.policy == "any" or (join.policy == "quorum"
+                                                       and join.k < inputs))
+
+
 def _llm(graph: FrozenGraph, node: LLMNode, arrivals: dict[str, list[_Arrival]],
          timing: SimTiming, query: str, rates: Rates) -> _Line:
     # the answer the model wants to write, as far as max_tokens lets it go
     words = sim_tokens(timing.seed, node.name, timing.output_tokens, 0, node.max_tokens)
     layout = Layout(node.prompt, node.system, query, node.context, graph.input)
     all_ended = max(arr[-1].t for arr in arrivals.values())
+    # the first step is owed when normal mode's would start, whether it pays or not; a first
+    # request on part of the inputs is not cut before its first token
+    owed = _normal_first(node.join, [arr[-1].t for arr in arrivals.values()])
+    on_part = _on_part(node.join, len(arrivals))
     line = _Line()
     used = dict.fromkeys(arrivals, 0)
     history: list[StepText] = []  # steps that wrote something
@@ -160,7 +189,7 @@ def _llm(graph: FrozenGraph, node: LLMNode, arrivals: dict[str, list[_Arrival]],
 
     def takes(at: float) -> bool:  # the same policy as the runtime's, written on its state
         texts, pending, ended = upto(at)
-        if len(ended) == len(arrivals):
+        if len(ended) == len(arrivals) or (k == 0 and owed <= at):
             return True
         skipped, taken = overheads(rates, layout, texts=texts, pending=pending, ended=ended,
                                    history=history, output=line.text)
@@ -176,7 +205,7 @@ def _llm(graph: FrozenGraph, node: LLMNode, arrivals: dict[str, list[_Arrival]],
 
     while len(line.tokens) < node.max_tokens:
         start = _step_start(node.name, arrivals, used, ready, node.join, takes,
-                            line.steps[-1] if line.steps else 0.0)
+                            line.steps[-1] if line.steps else 0.0, owed if k == 0 else math.inf)
         new = dict(carry)
         for src, arr in arrivals.items():
             take = [a for a in arr[used[src]:] if a.t <= start]
@@ -202,11 +231,14 @@ def _llm(graph: FrozenGraph, node: LLMNode, arrivals: dict[str, list[_Arrival]],
         # every input ends while the step is in flight: it is cut and the final step starts
         # then, unless it is writing already and finishing it is no later (keep_writing)
         cut = not final and end > all_ended
+        at, done = all_ended, [t for t in times if t <= all_ended]
+        if cut and not done and k == 0 and on_part:  # the decision waits for a first token
+            at, done = (times[0], times[:1]) if times else (end, [])
+            cut = end > at
         if cut:
-            done = [t for t in times if t <= all_ended]
             if not done or not keep_writing(rates, left=budget - len(done),
-                                            since_last=all_ended - done[-1]):
-                times, end = done, all_ended
+                                            since_last=at - done[-1]):
+                times, end = done, at
             else:
                 cut = False
         line.tokens += [(t, words[pos + i]) for i, t in enumerate(times)]

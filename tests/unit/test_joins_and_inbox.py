@@ -106,3 +106,41 @@ def test_inbox_rejects_chunks_after_the_last():
     box.put("a", "", True, 0.0)
     with pytest.raises(sf.InternalError):
         box.put("a", "late", False, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("join", "inputs", "on_part"),
+    [(sf.join_all(), 3, False), (sf.join_all(max_wait_s=1.0), 3, True),
+     (sf.join_all(straggler=0.0), 2, True), (sf.join_any(), 2, True), (sf.quorum(2), 3, True),
+     (sf.quorum(3), 3, False), (sf.join_any(), 1, False), (sf.join_any(max_wait_s=1.0), 1, False)],
+)
+def test_a_join_steps_on_part_of_the_inputs_when_its_first_step_need_not_wait_for_all(
+        join, inputs, on_part):
+    assert join.on_part(inputs) is on_part
+
+
+@pytest.mark.parametrize(
+    ("join", "ends", "due"),
+    [(sf.join_all(), [], None), (sf.join_all(), [2.0, 1.0], None),
+     (sf.join_all(), [2.0, 1.0, 3.0], 3.0),  # every input has ended: the final step
+     (sf.join_any(), [2.0], 2.0), (sf.quorum(2), [5.0], None), (sf.quorum(2), [5.0, 4.0], 5.0),
+     # a timeout counts from the first end, not from the first chunk (normal mode has none)
+     (sf.quorum(2, max_wait_s=3.0), [1.5], 4.5), (sf.quorum(2, max_wait_s=3.0), [1.5, 2.0], 2.0),
+     # a factor: f times as long again as the first end took, from the node's start (1.0)
+     (sf.join_all(straggler=2.0), [1.5], 2.5), (sf.join_all(straggler=0.0), [4.0], 4.0)],
+)
+def test_normal_modes_first_step_is_due_once_its_join_holds_on_the_ended_inputs(
+        join, ends, due):
+    assert join.first_due(ends, 3, start=1.0) == due
+
+
+def test_until_its_first_step_an_inbox_knows_when_normal_mode_would_step():
+    box = Inbox(["a", "b", "c"], sf.quorum(2, max_wait_s=3.0), stepped_at=1.0)
+    box.put("b", "early text", False, 1.25)  # a chunk is no end: normal mode has nothing
+    assert box.normal_due() is None
+    box.put("a", "all of it", True, 1.5)
+    assert box.normal_due() == 4.5  # 3 s after a ended, as normal mode counts
+    box.drop("c", 2.0)  # a dropped input has ended too
+    assert box.normal_due() == 2.0
+    box.consume(now=2.0)
+    assert box.normal_due() is None  # a step was taken: nothing is owed any more
