@@ -1,7 +1,7 @@
 """The step policy on real servers with more latency: the local model behind a latency proxy.
 
     python benchmarks/latency_rates.py [--delays 0,0.2,1.0] [--graphs moa,moa-3layer,debate,chain]
-        [--repeat 5] [--max-tokens 128] [--write docs/schedules.md]
+        [--repeat 5] [--max-tokens 128] [--write docs/schedules.md] [--append]
 
 Starts the local model (``stairflow local start``, in a cache directory of its own), puts
 ``benchmarks/latency_proxy.py`` in front of it adding each delay per request, and runs
@@ -77,7 +77,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     cache = tempfile.mkdtemp(prefix="stairflow-latency-")
     env = {**os.environ, "XDG_CACHE_HOME": cache}
     local = _start_local(env)
-    results: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = (json.loads(DATA.read_text())["results"]
+                                     if args.append and DATA.exists() else [])
     try:
         for delay in args.delays:
             proxy, url = _start_proxy(local, delay)
@@ -167,6 +168,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--write", metavar="FILE", help="then regenerate docs/schedules.md there")
+    ap.add_argument("--append", action="store_true",
+                    help="add to the rows already in docs/latency-rates.json")
     args = ap.parse_args()
     args.delays = [float(d) for d in args.delays.split(",")]
     args.graphs = args.graphs.split(",")
