@@ -44,9 +44,7 @@ async def _read_request(stream: trio.SocketStream) -> bytes | None:
         if not piece:
             return None
         body += piece
-    lines = [line for line in head.split(b"\r\n")
-             if line.partition(b":")[0].strip().lower() != b"connection"]
-    return b"\r\n".join([*lines, b"Connection: close"]) + b"\r\n\r\n" + body
+    return _closing(head) + body
 
 
 async def _handle(client: trio.SocketStream, host: str, port: int, delay_s: float) -> None:
@@ -64,8 +62,24 @@ async def _handle(client: trio.SocketStream, host: str, port: int, delay_s: floa
             return
         async with upstream:
             await upstream.send_all(request)
+            head = b""
+            while b"\r\n\r\n" not in head:  # the response's head, to say it is the last
+                piece = await upstream.receive_some(65536)
+                if not piece:
+                    return
+                head += piece
+            head, _, rest = head.partition(b"\r\n\r\n")
+            await client.send_all(_closing(head) + rest)
             while piece := await upstream.receive_some(65536):
                 await client.send_all(piece)
+
+
+def _closing(head: bytes) -> bytes:
+    """A message head that says ``Connection: close``: the client must not send another
+    request on a connection this proxy is about to close (it would find it broken)."""
+    lines = [line for line in head.split(b"\r\n")
+             if line.partition(b":")[0].strip().lower() != b"connection"]
+    return b"\r\n".join([*lines, b"Connection: close"]) + b"\r\n\r\n"
 
 
 async def serve(upstream: str, delay_s: float, port: int = 0,

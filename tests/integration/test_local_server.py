@@ -58,7 +58,10 @@ def test_continuing_a_partial_answer_picks_up_where_it_stopped(server: Server):
     # ... and the continuation carries only new text, which goes on where the first part
     # stopped (its first word is the one the whole answer has there)
     assert rest.strip() and not rest.strip().startswith(first.strip())
-    assert rest.split()[0] == whole[len(first):].split()[0]
+    # (its punctuation may differ: the re-read prompt splits into tokens differently, and the
+    # portable build's arithmetic can tip a greedy near-tie)
+    punct = ".,;:!?\"'"
+    assert rest.split()[0].strip(punct) == whole[len(first):].split()[0].strip(punct)
 
 
 def test_chat_prefix_continuation_does_not_repeat_the_prefix(server: Server):
