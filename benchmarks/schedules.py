@@ -215,6 +215,14 @@ def real_servers() -> list[str]:
         "",
         *rows,
         "",
+        "Two limits show here. Latency is paid on every level of the graph in both modes, so "
+        "a staircase TTFT is at least twice the latency on a two-level graph: the cut "
+        "shrinks as latency grows, unless the proposals take far longer than it. And the "
+        "never-slower proof assumes each node's rates are its own: on one shared server "
+        "(here 4 slots on 2 cores) the aggregator's early steps take compute from the "
+        "proposers it reads, so a proposer can end later than in normal mode. A server with "
+        "room for every streaming node, or proposers on their own endpoints, removes that.",
+        "",
     ]
 
 
