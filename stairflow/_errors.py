@@ -24,6 +24,7 @@ __all__ = [
     "NodeError",
     "RunError",
     "StairflowError",
+    "unwrap",
 ]
 
 
@@ -66,3 +67,11 @@ class BackendError(NodeError):
 
 class InternalError(StairflowError):
     """A bug in stairflow; the message says what invariant broke."""
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The one exception a nursery wrapped in groups of one (a caller expects the error or
+    ``KeyboardInterrupt`` a block raised, not a group); a group of several stays a group."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

@@ -32,7 +32,7 @@ from typing import Any
 
 import trio
 
-from .._errors import ConfigError, RunError
+from .._errors import ConfigError, RunError, unwrap
 from .redact import one_line
 
 __all__ = [
@@ -236,7 +236,7 @@ async def open_local_server(
                     if died is not None:
                         keep = True
                         raise died from None
-                    leaf = _one(group)
+                    leaf = unwrap(group)
                     raise leaf from leaf.__cause__
             finally:
                 with trio.CancelScope(shield=True):
@@ -285,13 +285,6 @@ async def _death(proc: trio.Process, log: Path,
         return None
     return LocalServerDied(f"llama-server {exit_reason(proc.returncode, 'while serving')}"
                            f"{_last_line(log)}; log: {log}")
-
-
-def _one(group: BaseExceptionGroup) -> BaseException:
-    """The block's own exception, which the nursery wrapped (a caller expects the
-    ``KeyboardInterrupt`` or error it raised, not a group)."""
-    leaves = list(_leaves(group))
-    return leaves[0] if len(leaves) == 1 else group
 
 
 def _leaves(exc: BaseException) -> Iterator[BaseException]:

@@ -23,7 +23,7 @@ from .._backends.base import Backend, describe_backend
 from .._backends.redact import redact
 from .._backends.select import BackendChoice, EndpointOptions, open_backend
 from .._core.policy import Rates
-from .._errors import ConfigError, InternalError, NodeError, StairflowError
+from .._errors import ConfigError, InternalError, NodeError, StairflowError, unwrap
 from .._graph import FnNode, FrozenGraph, Graph, InputNode, LLMNode, Mode, OutputNode
 from .._joins import join_any
 from .._metrics import Report
@@ -173,9 +173,9 @@ class Run:
             err = own_error(group)
             if err is group:
                 raise
-            self._fail(name, _unwrap(err))
+            self._fail(name, unwrap(err))
         except Exception as exc:  # every failure becomes a NodeError
-            self._fail(name, _unwrap(exc))
+            self._fail(name, unwrap(exc))
         else:
             if scope.cancelled_caught:
                 self.trace.record("node_cancel", name, reason="no consumer needs its output",
@@ -274,12 +274,6 @@ def _message(message: object, graph: FrozenGraph) -> str:
     return message
 
 
-def _unwrap(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
 @asynccontextmanager
 async def open_run(
     graph: Graph | FrozenGraph,
@@ -312,7 +306,7 @@ async def open_run(
                 nursery.start_soon(the_run._main)
                 yield the_run
         except BaseExceptionGroup as group:
-            raise _unwrap(group) from None
+            raise unwrap(group) from None
     if the_run.error is not None:
         raise the_run.error
     if not the_run.finished:
