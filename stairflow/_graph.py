@@ -31,6 +31,7 @@ from ._settings import (
     FnSettings,
     GraphSettings,
     LLMSettings,
+    SimValue,
     fields_of,
     show,
     validate,
@@ -105,7 +106,7 @@ class LLMNode:
     join: Join = field(default_factory=Join)
     on_error: Literal["fail", "drop"] = "fail"
     context: Literal["rebuild", "append"] = "rebuild"
-    sim: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    sim: Mapping[str, SimValue] = field(default_factory=lambda: MappingProxyType({}))
     # where the model lives (OpenAI-compatible backend); None: the run's default endpoint
     base_url: str | None = None
     api_key_env: str | None = None  # the *name* of the environment variable with the key
@@ -166,7 +167,7 @@ class FrozenGraph:
     input: str
     output: str
     order: tuple[str, ...]  # topological
-    sim: Mapping[str, float]
+    sim: Mapping[str, SimValue]
     default_input: str | None = None
     edge_buffer: int = 16
     mode: Mode = "staircase"
@@ -239,7 +240,7 @@ class Graph:
         *,
         description: str = "",
         defaults: LLMSettings | None = None,
-        sim: Mapping[str, float] | None = None,
+        sim: Mapping[str, SimValue] | None = None,
         default_input: str | None = None,
         edge_buffer: int = 16,
     ) -> None:

@@ -30,6 +30,8 @@ class NodeReport:
     calls: int
     prompt_tokens: int
     cached_tokens: int
+    recomputed_tokens: int  # prompt tokens the model read (not served from its cache)
+    completion_tokens: int  # tokens its requests wrote (what an endpoint bills as output)
     error: str | None = None  # why it failed (a run that went on had dropped it)
     # per input, what its steps had read (llm and fn nodes; staircase mode may end a node
     # before it has read its inputs whole: the trade-off it makes for time)
@@ -40,7 +42,9 @@ class NodeReport:
 class Report:
     """What a run did (times in seconds from the run's start): TTFT of the output, total time,
     output tokens and ``tokens_per_s = output_tokens / total_s`` (the end-to-end rate a user
-    sees), prompt tokens processed (cached ones too), LLM calls, and a `NodeReport` per node."""
+    sees), prompt tokens (cached ones too), those of them the model recomputed (the rest came
+    from its prefix cache), the tokens every request wrote (``completion_tokens``: what an
+    endpoint bills as output), LLM calls, and a `NodeReport` per node."""
 
     graph: str
     mode: str
@@ -53,6 +57,8 @@ class Report:
     tokens_per_s: float
     prompt_tokens: int
     cached_tokens: int
+    recomputed_tokens: int
+    completion_tokens: int
     llm_calls: int
     nodes: Mapping[str, NodeReport]
     trace: Trace
@@ -90,6 +96,8 @@ class Report:
             tokens_per_s=out_tokens / total if total > 0 else 0.0,
             prompt_tokens=sum(n.prompt_tokens for n in nodes.values()),
             cached_tokens=sum(n.cached_tokens for n in nodes.values()),
+            recomputed_tokens=sum(n.recomputed_tokens for n in nodes.values()),
+            completion_tokens=sum(n.completion_tokens for n in nodes.values()),
             llm_calls=sum(n.calls for n in nodes.values()),
             nodes=nodes,
             trace=trace,
@@ -136,13 +144,17 @@ def _node(by: Mapping[tuple[str, str | None], list[Event]], name: str,
     ends = of("node_end") or of("node_error") or of("node_cancel")
     # a cancelled request was prefilled too; it counts what the backend knew (see nodes.py)
     requests = of("request_end") + of("request_cancel")
+    prompt = sum(int(e.data.get("prompt_tokens", 0)) for e in requests)
+    cached = sum(int(e.data.get("cached_tokens", 0)) for e in requests)
     return NodeReport(
         ttft_s=firsts[0].t if firsts else None,
         done_s=ends[0].t if ends else None,
         tokens=int(ends[0].data.get("tokens", 0)) if ends else 0,
         calls=len(of("request_sent")),
-        prompt_tokens=sum(int(e.data.get("prompt_tokens", 0)) for e in requests),
-        cached_tokens=sum(int(e.data.get("cached_tokens", 0)) for e in requests),
+        prompt_tokens=prompt,
+        cached_tokens=cached,
+        recomputed_tokens=prompt - cached,
+        completion_tokens=sum(int(e.data.get("tokens", 0)) for e in requests),
         error=next((str(e.data["error"]) for e in of("node_error")), None),
         read=read,
     )

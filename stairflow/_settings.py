@@ -45,6 +45,7 @@ __all__ = [
     "GraphSettings",
     "LLMSettings",
     "SimSettings",
+    "SimValue",
     "fields_of",
     "parse_sim",
     "show",
@@ -122,14 +123,22 @@ class SimSettings(TypedDict, total=False):
         Fix(f"use a whole number from 0 to {MAX_SIM_OUTPUT_TOKENS}"),
     ]
     seed: Annotated[Whole, Fix("use a whole number")]
+    cache: Annotated[
+        Literal["none", "slot", "shared"],
+        Fix('use "none", "slot" (a slot per node, as llama.cpp with slot pinning) or "shared" '
+            "(one prefix cache per model, as vLLM and SGLang)"),
+    ]
 
+
+# a simulated timing setting's value: a number, or the name of the cache kind
+SimValue = float | str
 
 # validated as `SimSettings`, typed as a plain mapping so any dict of numbers type-checks
 SimMapping = Annotated[
-    Mapping[str, float],
+    Mapping[str, SimValue],
     GetPydanticSchema(lambda _tp, handler: handler(SimSettings)),
     Fix("use a table of simulated timings: latency_s, prefill_tps, decode_tps, "
-        "output_tokens, seed"),
+        "output_tokens, seed, cache"),
 ]
 _NONE_FOR_DEFAULT = "or leave it out for the backend's default"
 
@@ -303,7 +312,7 @@ def validate(schema: type, values: Any, where: str) -> dict[str, Any]:
     return out
 
 
-def parse_sim(values: Mapping[str, Any], where: str) -> dict[str, float]:
+def parse_sim(values: Mapping[str, Any], where: str) -> dict[str, SimValue]:
     """Simulated timing settings, checked like a graph's ``[sim]`` table.
 
     For what-ifs from a command line, a value may also be the text of a number

@@ -1,7 +1,8 @@
 """The staircase as a picture: a run's timeline, one lane per node, from its trace.
 
 Theory of operation. `lanes` reads a trace as `Trace.to_json` writes it and returns what the
-picture shows, sans-I/O: per node, its model requests (sent, first token, end, cancelled),
+picture shows, sans-I/O: per node, its model requests (sent, first token, end, cancelled, and
+how much of the prompt the server's prefix cache served: a strip under the request's bar),
 the first token of its answer, and each chunk that crossed an edge into it, as an arrow from
 the producer's lane when the chunk was cut to this lane when a step took it (the staircase).
 `draw` lays out one panel per trace (give a staircase run and a normal one: they share the
@@ -30,6 +31,8 @@ class Request:
     first: float | None = None  # its first token
     end: float | None = None
     cancelled: bool = False
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt, served from the server's prefix cache
 
 
 @dataclass
@@ -76,6 +79,8 @@ def lanes(trace: Mapping[str, Any]) -> Timeline:
             done = open_requests.pop((node, e.get("step")), None)
             if done is not None:
                 done.end, done.cancelled = t, kind == "request_cancel"
+                done.prompt_tokens = int(e.get("prompt_tokens") or 0)
+                done.cached_tokens = int(e.get("cached_tokens") or 0)
         elif kind in ("node_end", "node_error", "node_cancel") and lane is not None:
             lane.end = t
         elif kind == "output" and e.get("text") and ttft is None:
@@ -148,32 +153,46 @@ def _figure(plt: Any, runs: list[Timeline], Rectangle: Any, Line2D: Any) -> Any:
         Line2D([], [], color=_FIRST, marker="|", lw=0, markersize=12, mew=2),
         Line2D([], [], color=_FIRST, lw=0.6, alpha=0.6),
         Rectangle((0, 0), 1, 1, color=_UNREAD, alpha=0.45),
+        Rectangle((0, 0), 1, 1, color=_CACHED),
+        Rectangle((0, 0), 1, 1, color=_RECOMPUTED),
     ]
     fig.legend(handles, ["request: waiting for its first token", "request: writing",
                          "request cancelled (its output no longer needed, or cut to start "
                          "the final step)", "a chunk crossing an edge, to the step that took "
                          "it", "first token", "the answer's text arriving",
-                         "written after the last chunk a consumer took (never read)"],
+                         "written after the last chunk a consumer took (never read)",
+                         "strip under a request: share of its prompt served from the cache",
+                         "... and share recomputed"],
                loc="lower center", ncol=2, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.09, 1, 1))
+    fig.tight_layout(rect=(0, 0.11, 1, 1))
     return fig
 
 
 _WAIT, _WRITE, _CUT, _ARROW, _FIRST = "#c6dbef", "#3182bd", "#de2d26", "#636363", "#e6550d"
 _UNREAD = "#bdbdbd"
+_CACHED, _RECOMPUTED = "#31a354", "#fdae6b"
 
 
 def _panel(ax: Any, run: Timeline, end: float) -> None:
     y = {lane.node: i for i, lane in enumerate(run.lanes)}
     for lane in run.lanes:
         row = y[lane.node]
-        for req in lane.requests:
+        for i, req in enumerate(lane.requests):
             stop = req.end if req.end is not None else run.total
             first = req.first if req.first is not None else stop
             ax.barh(row, first - req.sent, left=req.sent, height=0.5, color=_WAIT)
             ax.barh(row, stop - first, left=first, height=0.5, color=_WRITE,
                     hatch="///" if req.cancelled else None,
                     edgecolor=_CUT if req.cancelled else _WRITE, linewidth=0.6)
+            if req.prompt_tokens:  # the prompt: cached share, then what was recomputed
+                width = stop - req.sent
+                share = req.cached_tokens / req.prompt_tokens
+                strip = ax.barh(row + 0.33, width * share, left=req.sent, height=0.1,
+                                color=_CACHED)
+                if share:
+                    strip.patches[0].set_gid(f"cached-{lane.node}-{i}")  # named in an SVG
+                ax.barh(row + 0.33, width * (1 - share), left=req.sent + width * share,
+                        height=0.1, color=_RECOMPUTED)
         if lane.first_token is not None:
             ax.plot([lane.first_token], [row], marker="|", color=_FIRST, markersize=14, mew=2)
         if lane.received:

@@ -45,6 +45,7 @@ class Request:
     model: str | None = None
     step: int = 0
     position: int = 0  # tokens the node has written before this request
+    run_id: int = 0  # the run it belongs to: unique within the process (for caches, slots)
 
     def all_text(self) -> str:
         """All message text, for logs and tests."""

@@ -15,6 +15,12 @@ Continuing a node's partial answer at each staircase step, three ways (``continu
 
 `stairflow probe URL` tells which work on an endpoint.
 
+Prefix caching. On a llama.cpp server (its ``/props`` gives ``total_slots``) each node's
+requests go to one slot (``id_slot``, with ``cache_prompt`` on) while a slot is free, so its
+next step finds its prefix where it left it (`stairflow._backends.slots`); other servers
+(vLLM, SGLang) cache shared prefixes on their own, and the ``append`` layout keeps a node's
+prompt a byte-identical prefix of its next one.
+
 Failures, theory of operation. Every request has a deadline, ``timeout_s`` after it is sent:
 the model check, the retries and every token must come before it, so a server that trickles
 keep-alive comments cannot hold a run forever. Each single wait on the server (connecting,
@@ -52,6 +58,7 @@ from .._urls import display_url, url_problem, url_secrets
 from .base import Request, Usage
 from .meter import EndpointRates, Meter, RateCache, Sample
 from .redact import one_line, redact
+from .slots import Slots
 
 __all__ = [
     "CONTINUATIONS",
@@ -74,6 +81,7 @@ def rates_file() -> Path:
 
 DEFAULT_TIMEOUT_S = 300.0  # one request, sent to last token: a long answer on a slow server
 DEFAULT_READ_TIMEOUT_S = 60.0  # one wait on the server: a long prompt's prefill
+PROPS_TIMEOUT_S = 5.0  # asking a server for its slots (once per server)
 
 # finish reasons servers use for a normal end / for the token limit (OpenAI, vLLM, llama.cpp,
 # TGI, Anthropic-style gateways); anything else ends the node with an error
@@ -156,7 +164,12 @@ def render_prompt(fmt: str, messages: Sequence[Message], prefix: str) -> str:
     system, turns = _system_and_turns(messages)
     if fmt == "document":  # plain text for base models: context, then "Question: ... Answer:"
         head = f"{system}\n\n" if system else ""
-        body = "\n\n".join(t.content for t in turns)
+        body = ""
+        for t in turns:  # an earlier answer stays where it was written, after its "Answer:"
+            if t.role == "assistant":  # (so a prompt and its answer prefix the next prompt)
+                body += "\nAnswer:" + ("" if t.content[:1].isspace() else " ") + t.content
+            else:
+                body += ("\n\n" if body else "") + t.content
         return f"{head}Question: {body}\nAnswer:{' ' if prefix else ''}{prefix}"
     if fmt == "gemma":  # no system role: the system text opens the first user turn
         parts = []
@@ -187,6 +200,7 @@ class _Call:
     deadline: float  # trio time
     secrets: tuple[str, ...]
     retries: int = 0  # taken so far
+    pinned: int | None = None  # the llama.cpp slot it is sent to (see slots.py)
 
     def fail(self, message: str) -> BackendError:
         """The node's error: one line, naming endpoint and model, with no key in it."""
@@ -348,9 +362,12 @@ class OpenAIBackend:
     simulated = False
 
     def __init__(self, default: Endpoint, nodes: Mapping[str, Endpoint] | None = None, *,
-                 remember_rates: bool = True) -> None:
+                 remember_rates: bool = True, pin_slots: bool = True) -> None:
         """``remember_rates``: keep the rates measured of each endpoint in a cache file
-        (``~/.cache/stairflow/rates.json``, for a day), so the next run starts with them."""
+        (``~/.cache/stairflow/rates.json``, for a day), so the next run starts with them.
+        ``pin_slots``: on a llama.cpp server (one whose ``/props`` gives ``total_slots``),
+        send each node's requests to one slot while one is free, so that its later steps
+        reuse the prefix the slot holds (`stairflow._backends.slots`)."""
         self.default = default.check()
         self.nodes = {k: v.check() for k, v in (nodes or {}).items()}
         self.meter = Meter()
@@ -364,6 +381,10 @@ class OpenAIBackend:
         self._keys: set[str] = set()  # every key a client was made with
         self._models: dict[str, set[str] | None] = {}  # per base URL; None: cannot list
         self._listing: dict[str, trio.Event] = {}  # base URLs whose listing is in flight
+        # per base URL: a llama.cpp server's slots, to pin each node to one (None: not
+        # llama.cpp, or pinning is off); see stairflow._backends.slots
+        self.slots: dict[str, Slots | None] = {}
+        self._pin = pin_slots
         self.active = 0
 
     def secret_values(self) -> tuple[str, ...]:
@@ -490,23 +511,33 @@ class OpenAIBackend:
         prefix = request.prefix.rstrip()
         seam = request.prefix[len(prefix):]
         stream: Any = None
-        with trio.move_on_at(call.deadline) as opening:
-            await self._check_model(client, call)
-            stream = await self._create(client, call, request, prefix)
-        if opening.cancelled_caught:
-            raise call.late()
-        chat = ep.continuation != "completions"
-        self.active += 1
-        adapted = _Stream(stream, seam if prefix else "", chat, call)
+        slots: Slots | None = None
+        slot: int | None = None
         try:
-            yield adapted
+            with trio.move_on_at(call.deadline) as opening:
+                await self._check_model(client, call)
+                slots = self.slots.get(ep.base_url)
+                if slots is not None:
+                    slot = slots.take((request.run_id, request.node))
+                    call.pinned = slot
+                stream = await self._create(client, call, request, prefix)
+            if opening.cancelled_caught:
+                raise call.late()
+            chat = ep.continuation != "completions"
+            self.active += 1
+            adapted = _Stream(stream, seam if prefix else "", chat, call)
+            try:
+                yield adapted
+            finally:
+                self.active -= 1
+                self._measure(ep, request, sent, adapted)
+                # closing the response frees the server's slot; do it even when cancelled
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await adapted.aclose()
+                    await stream.close()
         finally:
-            self.active -= 1
-            self._measure(ep, request, sent, adapted)
-            # closing the response frees the server's slot; do it even when cancelled
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await adapted.aclose()
-                await stream.close()
+            if slots is not None:
+                slots.give(slot)
 
     def _measure(self, ep: Endpoint, request: Request, sent: float, stream: _Stream) -> None:
         """One request's timings into the `Meter` (only if it wrote: a request cut before
@@ -530,6 +561,8 @@ class OpenAIBackend:
             "stream_options": {"include_usage": True},
         }
         extra = dict(ep.extra_body or {})
+        if call.pinned is not None:  # llama.cpp: this node's slot, and its prompt cache on
+            extra = {"id_slot": call.pinned, "cache_prompt": True} | extra
         try:
             if ep.continuation == "completions":
                 prompt = render_prompt(ep.prompt_format, request.messages, prefix)
@@ -587,14 +620,30 @@ class OpenAIBackend:
                 continue
             self._listing[url] = trio.Event()
             try:
-                listed = await self._send(call, lambda: client.models.list())
-                self._models[url] = {str(m.id) for m in listed.data} or None
-            except (openai.APIStatusError, AttributeError, TypeError, ValueError):
-                self._models[url] = None  # the server cannot list models: skip
-            except openai.OpenAIError as exc:
-                raise call.error(exc, "while listing models") from None
+                try:
+                    listed = await self._send(call, lambda: client.models.list())
+                    self._models[url] = {str(m.id) for m in listed.data} or None
+                except (openai.APIStatusError, AttributeError, TypeError, ValueError):
+                    self._models[url] = None  # the server cannot list models: skip
+                except openai.OpenAIError as exc:
+                    raise call.error(exc, "while listing models") from None
+                if self._pin:  # before any request goes: pinned and unpinned ones never mix
+                    self.slots[url] = await self._slots_of(client, call)
             finally:
                 self._listing.pop(url).set()
+
+    @staticmethod
+    async def _slots_of(client: openai.AsyncOpenAI, call: _Call) -> Slots | None:
+        """A llama.cpp server's slots, from its ``/props`` (None: another kind of server)."""
+        root = call.ep.base_url.rstrip("/").removesuffix("/v1")
+        props: object = None
+        with trio.move_on_after(min(PROPS_TIMEOUT_S, call.ep.wait_s())):
+            with suppress(openai.OpenAIError, ValueError, TypeError):
+                props = await client.get(f"{root}/props", cast_to=object)
+        total = props.get("total_slots") if isinstance(props, dict) else None
+        if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+            return None
+        return Slots(total)
 
     async def _check_model(self, client: openai.AsyncOpenAI, call: _Call) -> None:
         """Fail early, and clearly, on a model the endpoint does not serve."""

@@ -1,8 +1,10 @@
 """The simulated backend: deterministic placeholder text, timings from a timing model.
 
 For exact, fast, reproducible tests and what-if studies; everything it produces is labelled
-simulated. A request's timing: its first token arrives ``latency_s + prompt_tokens /
-prefill_tps`` after it is sent, and token ``k`` (from 0) ``k / decode_tps`` after the first. The
+simulated. A request's timing: its first token arrives ``latency_s + (prompt_tokens -
+cached_tokens) / prefill_tps`` after it is sent, and token ``k`` (from 0) ``k / decode_tps``
+after the first; ``cached_tokens`` is what the server's prefix cache holds of the prompt, 0
+unless the timing's ``cache`` models one (`stairflow._backends.prefix`). The
 text depends only on the seed, the node and the position in the node's answer, never on the
 prompt, so a node writes the same answer whatever its inputs (what the plumbing-equivalence
 property relies on); the answer ends ("stop") after ``output_tokens`` tokens.
@@ -30,8 +32,9 @@ import trio
 from .._core.policy import Rates
 from .._errors import ConfigError, GraphError
 from .._prompts import Message
-from .._settings import parse_sim
+from .._settings import SimValue, parse_sim
 from .base import Request, Usage
+from .prefix import CacheKind, Entry, Owner, PrefixCache, sequence
 from .timer import wait_until
 
 if TYPE_CHECKING:
@@ -62,8 +65,9 @@ class SimTiming:
     decode_tps: float = 60.0  # output tokens per second, one stream
     output_tokens: int = 256  # length of the answer the model wants to write
     seed: int = 0
+    cache: CacheKind = "none"  # the server's prefix cache (`stairflow._backends.prefix`)
 
-    def merged(self, overrides: Mapping[str, float]) -> SimTiming:
+    def merged(self, overrides: Mapping[str, SimValue]) -> SimTiming:
         known = {f.name for f in fields(self)}
         values: dict[str, Any] = {k: v for k, v in overrides.items() if k in known}
         for key in ("output_tokens", "seed"):
@@ -148,11 +152,14 @@ def sim_tokens(seed: int, node: str, n: int, start: int = 0, stop: int | None = 
 
 
 class _SimStream:
-    def __init__(self, timing: SimTiming, request: Request) -> None:
-        self.usage = Usage(prompt_tokens=count_tokens(request.messages, request.prefix))
+    def __init__(self, timing: SimTiming, request: Request, cache: PrefixCache) -> None:
+        prompt = sequence(request.messages, request.prefix)
+        self._start = now = trio.current_time()
+        owner = Owner(request.run_id, request.node, request.model)
+        cached = cache.cached(timing.cache, owner, prompt, now)
+        self.usage = Usage(prompt_tokens=len(prompt), cached_tokens=cached)
         self.finish_reason: str | None = None
-        self._start = trio.current_time()
-        self._first = self._start + timing.first_token_s(self.usage.prompt_tokens)
+        self._first = now + timing.first_token_s(len(prompt) - cached)
         self._decode = timing.decode_tps
         left = max(0, timing.output_tokens - request.position)
         self._n = min(request.max_tokens, left)
@@ -160,6 +167,21 @@ class _SimStream:
         self._seed, self._node = timing.seed, request.node
         self._total, self._position = timing.output_tokens, request.position
         self._k = 0
+        self._entry: Entry | None = None
+        if timing.cache != "none":
+            self._entry = Entry(prompt, self._first, self._decode, timing.prefill_tps,
+                                now + timing.latency_s, cached, self._words)
+            cache.add(timing.cache, owner, self._entry)
+
+    def _words(self, k: int) -> list[str]:
+        """The words of this request's output tokens 0 .. k-1 (at most as many as it writes)."""
+        end = self._position + min(k, self._n)
+        return "".join(sim_tokens(self._seed, self._node, self._total, self._position,
+                                  end)).split()
+
+    def close(self) -> None:
+        if self._entry is not None:
+            self._entry.end(trio.current_time(), self._k)
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self
@@ -206,7 +228,7 @@ class _SimStream:
             write(self._next(), at)
 
 
-def _what_if(values: Any, where: str) -> dict[str, float]:
+def _what_if(values: Any, where: str) -> dict[str, SimValue]:
     try:
         return parse_sim(values, where)
     except GraphError as exc:  # an argument, not a graph: a ConfigError, same message
@@ -229,9 +251,9 @@ class SimBackend:
     def __init__(
         self,
         timing: SimTiming | None = None,
-        nodes: Mapping[str, Mapping[str, float]] | None = None,
+        nodes: Mapping[str, Mapping[str, SimValue]] | None = None,
         *,
-        sim: Mapping[str, float] | None = None,
+        sim: Mapping[str, SimValue] | None = None,
     ) -> None:
         if timing is not None and not isinstance(timing, SimTiming):
             raise ConfigError(f"SimBackend(timing={timing!r}): use a SimTiming")
@@ -242,16 +264,17 @@ class SimBackend:
                               "timing settings, e.g. {'p3': {'decode_tps': 10}}")
         self.nodes = {k: _what_if(v, f"SimBackend(nodes={{{k!r}: ...}})")
                       for k, v in (nodes or {}).items()}
-        self._graph_sim: Mapping[str, float] = {}
-        self._graph_nodes: dict[str, Mapping[str, float]] = {}
+        self._graph_sim: Mapping[str, SimValue] = {}
+        self._graph_nodes: dict[str, Mapping[str, SimValue]] = {}
         self.active = 0  # requests open right now
         self.opened = 0  # requests ever opened
+        self.cache = PrefixCache()  # what the cache setting keeps, per run
 
     @classmethod
     def for_graph(
         cls, graph: FrozenGraph, timing: SimTiming | None = None, *,
-        sim: Mapping[str, float] | None = None,
-        nodes: Mapping[str, Mapping[str, float]] | None = None,
+        sim: Mapping[str, SimValue] | None = None,
+        nodes: Mapping[str, Mapping[str, SimValue]] | None = None,
     ) -> SimBackend:
         """A backend with ``graph``'s timing settings and the given what-ifs."""
         return cls(timing, nodes, sim=sim).attach(graph)
@@ -284,7 +307,9 @@ class SimBackend:
             raise ValueError(f"max_tokens={request.max_tokens!r}")
         self.active += 1
         self.opened += 1
+        stream = _SimStream(self.timing_for(request.node), request, self.cache)
         try:
-            yield _SimStream(self.timing_for(request.node), request)
+            yield stream
         finally:
+            stream.close()
             self.active -= 1

@@ -46,6 +46,8 @@ METRICS: tuple[tuple[str, str, Callable[[Report], float | None]], ...] = (
     ("final-answer tokens/s", "", lambda r: r.tokens_per_s),
     ("prompt tokens", "", lambda r: r.prompt_tokens),
     ("cached prompt tokens", "", lambda r: r.cached_tokens),
+    ("prompt tokens recomputed", "", lambda r: r.recomputed_tokens),
+    ("last node's prompt after its first step, cached", "%", lambda r: _later_cached(r)),
     ("LLM calls", "", lambda r: r.llm_calls),
     ("inputs read by the last node", "%", lambda r: _read_share(r)),
 )
@@ -75,8 +77,33 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--steps", metavar="BUDGETS,...",
                    help="sweep: every llm node's step budgets as declared or sized from the "
                         "backend's measured rates, e.g. declared,auto")
+    b.add_argument("--price", metavar="IN,CACHED_IN,OUT", type=_price,
+                   help="dollars per million tokens: prompt tokens recomputed, prompt tokens "
+                        "from the cache, tokens written; adds each mode's cost per 1,000 "
+                        "answers, e.g. 0.15,0.075,0.60")
     add_backend_options(b)
     b.set_defaults(handler=_bench)
+
+
+def _price(text: str) -> tuple[float, float, float]:
+    """``IN,CACHED_IN,OUT`` in dollars per million tokens."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3 or not all(0 <= v < float("inf") for v in values):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give three prices in dollars per million tokens, prompt tokens "
+            "recomputed, prompt tokens from the cache and tokens written, e.g. 0.15,0.075,0.60")
+    return values[0], values[1], values[2]
+
+
+def cost(report: Report, price: tuple[float, float, float]) -> float:
+    """What a run cost at ``price`` (dollars per million tokens: prompt tokens recomputed,
+    prompt tokens from the cache, tokens written), in dollars."""
+    fresh, cached, written = price
+    return (report.recomputed_tokens * fresh + report.cached_tokens * cached
+            + report.completion_tokens * written) / 1e6
 
 
 def _prompts(args: argparse.Namespace, graph: FrozenGraph) -> list[str]:
@@ -277,6 +304,18 @@ def _beyond_ms(report: Report) -> float | None:
     return None if bound is None or report.ttft_s is None else 1000 * (report.ttft_s - bound)
 
 
+def _later_cached(report: Report) -> float | None:
+    """Of the prompt tokens of the last node's steps after its first, the share its server's
+    prefix cache served (in %; None if it took one step only)."""
+    node = _last_node(report)
+    if node is None:
+        return None
+    closed = report.trace.of("request_end", node) + report.trace.of("request_cancel", node)
+    later = [e.data for e in closed if int(e.data.get("step", 0)) > 0]
+    prompt = sum(int(d.get("prompt_tokens", 0)) for d in later)
+    return 100.0 * sum(int(d.get("cached_tokens", 0)) for d in later) / prompt if prompt else None
+
+
 def _read_share(report: Report) -> float | None:
     """Of what its inputs sent, the share the node before the output had read (in %)."""
     last = _last_node(report)
@@ -299,10 +338,17 @@ def _spread(values: Sequence[float]) -> dict[str, float]:
             "min": ordered[0], "max": ordered[-1], "n": len(ordered)}
 
 
+def _metrics(args: argparse.Namespace) -> list[tuple[str, str, Callable[[Report], float | None]]]:
+    price: tuple[float, float, float] | None = args.price
+    if price is None:
+        return list(METRICS)
+    return [*METRICS, ("cost per 1,000 answers", "$", lambda r: 1000 * cost(r, price))]
+
+
 def _summary(graph: FrozenGraph, info: dict[str, Any], results: dict[str, list[Report]],
              args: argparse.Namespace, interrupted: bool) -> dict[str, Any]:
     metrics = {}
-    for label, unit, read in METRICS:
+    for label, unit, read in _metrics(args):
         row: dict[str, Any] = {"unit": unit}
         for mode in MODES:
             values = [v for r in results[mode] if (v := read(r)) is not None]
@@ -317,7 +363,9 @@ def _summary(graph: FrozenGraph, info: dict[str, Any], results: dict[str, list[R
             "runs_per_mode": {m: len(results[m]) for m in MODES},
             "spread": "p10-p90" if n >= 10 else "min-max", "interrupted": interrupted,
             "metrics": metrics, "nodes": _node_times(graph, results),
-            "rates": info.get("rates", [])}
+            "rates": info.get("rates", []),
+            "price": None if args.price is None else dict(zip(
+                ("recomputed", "cached", "output"), args.price, strict=True))}
 
 
 def _node_times(graph: FrozenGraph, results: dict[str, list[Report]]) -> dict[str, Any]:
@@ -341,7 +389,7 @@ def _node_times(graph: FrozenGraph, results: dict[str, list[Report]]) -> dict[st
 def _cell(stats: dict[str, float] | None, unit: str) -> str:
     if stats is None:
         return "-"
-    digits = 3 if unit == "s" else 1
+    digits = 3 if unit in ("s", "$") else 1
 
     def f(v: float) -> str:
         return f"{v:.{digits}f}" if digits != 1 or v % 1 else f"{v:.0f}"

@@ -164,6 +164,8 @@ def _summary(report: Report) -> str:
         f"{report.graph} ({report.mode}): TTFT {ttft} | total {report.total_s:.2f} s | "
         f"{report.output_tokens} tokens, {report.tokens_per_s:.1f} tokens/s | "
         f"{report.llm_calls} LLM calls, {report.prompt_tokens} prompt tokens"
+        + (f" ({report.cached_tokens} from the cache, {report.recomputed_tokens} recomputed)"
+           if report.cached_tokens else "")
     ]
     inner = set(report.trace.meta["nodes"]) - {report.trace.meta["input"],
                                                report.trace.meta["output"]}

@@ -116,7 +116,7 @@ async def run_llm(run: Run, node: LLMNode) -> None:
                 before, chars_before = out.tokens, len(out.text)
                 request = Request(node.name, tuple(messages), prefix,
                                   budget(step, messages, prefix),
-                                  node.temperature, node.model, k, before)
+                                  node.temperature, node.model, k, before, run.id)
                 flight.keep_first = on_part and k == 0
                 finish = await _call(run, request, None if step.final else flight)
                 wrote = out.text[chars_before:]

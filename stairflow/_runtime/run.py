@@ -12,6 +12,7 @@ output (``node_cancel`` in the trace).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Unpack
@@ -36,6 +37,7 @@ from .nodes import own_error, run_fn, run_input, run_llm, run_output
 __all__ = ["Run", "open_run", "prepare", "run"]
 
 _END_KINDS = ("run_end", "run_error", "run_cancel")
+_RUN_IDS = itertools.count(1)  # `Request.run_id`
 
 
 def prepare(graph: Graph | FrozenGraph, mode: Mode = "staircase") -> FrozenGraph:
@@ -48,6 +50,7 @@ class Run:
 
     def __init__(self, graph: FrozenGraph, query: str, backend: Backend) -> None:
         info = describe_backend(backend)
+        self.id = next(_RUN_IDS)
         self.graph = graph
         self.query = query
         self.backend = backend

@@ -4,20 +4,24 @@ check that a run did exactly that.
 Theory of operation. No Trio, no tasks, nothing from the runtime, the inbox or the emitter:
 nodes are worked out one after the other in topological order, each from the chunk arrival
 times of its inputs, with the timing model's formulas written out here (a request's first
-token comes ``latency_s + prompt_tokens / prefill_tps`` after it is sent, token ``k`` then
-``k / decode_tps`` later; a step starts when its join holds, or its straggler timeout runs
-out, and the step policy lets it: an early step that pays, the final one, or a node's first
-step once normal mode's would start, worked out from its inputs' ends; a step in flight when
-the inputs end is cut, unless it is writing and finishing is no later, or it is a first
-request on part of the inputs, which keeps its first token). It shares with the runtime only
-pure pieces that have their own tests: the trigger rules (`Cutter`), prompt building, the
-step policy's arithmetic (`stairflow._core.policy`), and the simulated tokenizer and text.
+token comes ``latency_s + (prompt_tokens - cached_tokens) / prefill_tps`` after it is sent,
+token ``k`` then ``k / decode_tps`` later, where ``cached_tokens`` is what a slot cache holds
+of the prompt: its common prefix with what the node's last request processed; a step starts
+when its join holds, or its straggler timeout runs out, and the step policy lets it: an early
+step that pays, the final one, or a node's first step once normal mode's would start, worked
+out from its inputs' ends; a step in flight when the inputs end is cut, unless it is writing
+and finishing is no later, or it is a first request on part of the inputs, which keeps its
+first token). It shares with the runtime only pure pieces that have their own tests: the
+trigger rules (`Cutter`), prompt building, the step policy's arithmetic
+(`stairflow._core.policy`), and the simulated tokenizer and text.
 
 Where it applies: graphs of input, llm and output nodes, with token-count or rule triggers
-(any join, straggler timeouts included), run on the simulated backend in virtual time. fn
-nodes and time-based triggers (``sf.interval``, any trigger with a ``deadline``) are out: the
-timing model does not say how user code paces itself, nor how a deadline falling on the same
-instant as a token is ordered. `check_timeline` says so instead of passing.
+(any join, straggler timeouts included), run on the simulated backend in virtual time, with no
+prefix cache or a slot per node (``cache = "slot"``). Out: fn nodes and time-based triggers
+(``sf.interval``, any trigger with a ``deadline``), since the timing model does not say how
+user code paces itself, nor how a deadline falling on the same instant as a token is ordered;
+and a shared prefix cache, since what a node reuses then depends on every other node's
+requests. `check_timeline` says so instead of passing.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from .._backends.prefix import common_prefix, sequence
 from .._backends.sim import SimBackend, SimTiming, count_tokens, sim_tokens
 from .._core.policy import Layout, Rates, early_step_pays, keep_writing, overheads
 from .._errors import ConfigError
@@ -56,6 +61,7 @@ class NodeTimeline:
     end_s: float  # when it ended, or was cancelled
     cancelled: bool
     text: str  # what it wrote (for a cancelled node, up to end_s)
+    cached_tokens: tuple[int, ...] = ()  # of each step's prompt, served from the slot cache
 
 
 # the computation ------------------------------------------------------------------------------
@@ -74,6 +80,7 @@ class _Line:
     end: float = 0.0
     steps: list[float] = field(default_factory=list)  # step start times
     prompt_tokens: list[int] = field(default_factory=list)
+    cached_tokens: list[int] = field(default_factory=list)
     stop: float = math.inf  # cancelled then: every consumer had finished
 
     @property
@@ -173,6 +180,7 @@ def _llm(graph: FrozenGraph, node: LLMNode, arrivals: dict[str, list[_Arrival]],
     used = dict.fromkeys(arrivals, 0)
     history: list[StepText] = []  # steps that wrote something
     carry: dict[str, str] = {}  # input of a step cut before it wrote anything
+    slot: tuple[str, ...] = ()  # with a slot cache: what the node's last request processed
     ready, k = 0.0, 0
 
     def upto(at: float) -> tuple[dict[str, str], dict[str, str], frozenset[str]]:
@@ -221,11 +229,13 @@ def _llm(graph: FrozenGraph, node: LLMNode, arrivals: dict[str, list[_Arrival]],
                                           node.context, [*history, StepText(tuple(new.items()),
                                                                             "")])
         prompt = count_tokens(messages, prefix)
+        seq = sequence(messages, prefix)
+        cached = common_prefix(seq, slot, prompt - 1) if timing.cache == "slot" else 0
         pos = len(line.tokens)
         left = node.max_tokens - pos
         budget = left if final else min(left, node.step_budget(k, prompt, rates))
         n = min(budget, max(0, timing.output_tokens - pos))
-        first = start + timing.latency_s + prompt / timing.prefill_tps
+        first = start + timing.latency_s + (prompt - cached) / timing.prefill_tps
         times = [first + i / timing.decode_tps for i in range(n)]
         end = times[-1] if n else first
         # every input ends while the step is in flight: it is cut and the final step starts
@@ -242,9 +252,16 @@ def _llm(graph: FrozenGraph, node: LLMNode, arrivals: dict[str, list[_Arrival]],
             else:
                 cut = False
         line.tokens += [(t, words[pos + i]) for i, t in enumerate(times)]
+        if end >= first:  # the slot holds the prompt and what the step wrote
+            slot = seq + tuple("".join(words[pos:pos + len(times)]).split())
+        else:  # cut while reading its prompt: as far as the reading got
+            read = cached + max(0, math.floor((end - (start + timing.latency_s))
+                                              * timing.prefill_tps))
+            slot = seq[:min(read, prompt)]
         ready = end
         line.steps.append(start)
         line.prompt_tokens.append(prompt)
+        line.cached_tokens.append(cached)
         wrote = line.text[len(so_far):]
         if wrote:
             history.append(StepText(tuple(new.items()), wrote))
@@ -295,6 +312,7 @@ def _public(name: str, line: _Line) -> NodeTimeline:
     # a token due at the very instant of the cancellation still counts, as in the runtime
     tokens = [(t, s) for t, s in line.tokens if t <= stop]
     sent = [(t, p) for t, p in zip(line.steps, line.prompt_tokens, strict=True) if t < stop]
+    cached = line.cached_tokens[:len(sent)]
     return NodeTimeline(
         node=name,
         step_starts=tuple(t for t, _ in sent),
@@ -303,6 +321,7 @@ def _public(name: str, line: _Line) -> NodeTimeline:
         end_s=min(line.end, stop),
         cancelled=stop < line.end,
         text="".join(s for _, s in tokens),
+        cached_tokens=tuple(cached),
     )
 
 
@@ -346,7 +365,15 @@ def expected_timeline(
     why = _why_not(frozen)
     if why:
         raise _not_applicable(frozen, why)
-    lines = _lines(frozen, message, _sim_for(frozen, backend))
+    sim = _sim_for(frozen, backend)
+    shared = next((n.name for n in frozen.llm_nodes() if sim.timing_for(n.name).cache == "shared"),
+                  None)
+    if shared is not None:
+        raise _not_applicable(frozen, f"node '{shared}' has a shared prefix cache (what it "
+                              "reuses depends on every other node's requests, which the "
+                              "reference works out one node at a time); use cache = \"slot\" "
+                              "or \"none\"")
+    lines = _lines(frozen, message, sim)
     return {name: _public(name, lines[name]) for name in frozen.order}
 
 
@@ -411,12 +438,18 @@ def _steps(name: str, want: NodeTimeline, report: Report, issues: _Issues) -> No
         issues.append((want.step_starts[n], f"{n} step(s) started; the timing model starts "
                        f"step {n} at {_s(want.step_starts[n])}"))
     prompts: dict[int, int] = {}
+    cached: dict[int, int] = {}
     for e in report.trace.of("request_end", name) + report.trace.of("request_cancel", name):
         prompts[int(e.data.get("step", -1))] = int(e.data.get("prompt_tokens", 0))
+        cached[int(e.data.get("step", -1))] = int(e.data.get("cached_tokens", 0))
     for i, (t, p) in enumerate(zip(want.step_starts, want.prompt_tokens, strict=True)):
         if prompts.get(i) != p:
             issues.append((t, f"step {i}'s prompt was {prompts.get(i, 'never sent, so 0')} "
                            f"tokens; the timing model says {p}"))
+    for i, (t, c) in enumerate(zip(want.step_starts, want.cached_tokens, strict=False)):
+        if i in prompts and cached.get(i) != c:
+            issues.append((t, f"step {i} reused {cached.get(i)} cached prompt tokens; the "
+                           f"timing model says {c}"))
     total, want_total = report.nodes[name].prompt_tokens, sum(want.prompt_tokens)
     if total != want_total:
         issues.append((want.end_s, f"its requests counted {total} prompt tokens in all; the "

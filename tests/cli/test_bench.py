@@ -144,3 +144,36 @@ def test_a_first_step_cut_to_start_the_final_one_shows_beyond_the_bound(tmp_path
     assert stair["TTFT beyond the bound"] == pytest.approx(200.0, abs=1.0)
     assert stair["TTFT bound: inputs ready + prefill"] == pytest.approx(
         stair["TTFT"] - 0.2, abs=1e-3)
+
+
+def test_a_cache_model_and_prices_give_each_modes_cost_per_answer():
+    code, out, err = cli("bench", "moa", "--virtual-clock", "--repeat", "1", "--sim",
+                         "cache=slot", "--context", "append", "--price", "0.15,0.075,0.60",
+                         "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    metrics = {k: tuple(v[m] and v[m]["median"] for m in ("staircase", "normal"))
+               for k, v in data["metrics"].items()}
+    (prompt, normal_prompt), (cached, _) = metrics["prompt tokens"], metrics["cached prompt tokens"]
+    recomputed, normal_recomputed = metrics["prompt tokens recomputed"]
+    assert recomputed == prompt - cached and normal_recomputed == normal_prompt
+    assert recomputed <= 1.2 * normal_recomputed  # the target, printed
+    assert data["price"] == {"recomputed": 0.15, "cached": 0.075, "output": 0.6}
+    # the aggregator takes one step in normal mode; in staircase mode its later steps reuse
+    later, normal_later = metrics["last node's prompt after its first step, cached"]
+    assert normal_later is None and 50 < later < 100
+    stair_cost, normal_cost = metrics["cost per 1,000 answers"]
+    run = json.loads(cli("run", "moa", "--virtual-clock", "--json", "--sim", "cache=slot")[1])
+    assert run["recomputed_tokens"] == run["prompt_tokens"] - run["cached_tokens"]
+    assert run["completion_tokens"] == sum(n["completion_tokens"] for n in run["nodes"].values())
+    # staircase mode: the proposers are cancelled once the aggregator is done with them
+    assert 0 < stair_cost < normal_cost
+    code, out, _ = cli("bench", "moa", "--virtual-clock", "--repeat", "1", "--price", "1,1,1")
+    assert "cost per 1,000 answers ($)" in out
+
+
+@pytest.mark.parametrize("price", ["1,2", "a,b,c", "1,2,-3", "1,2,inf"])
+def test_a_bad_price_is_a_one_line_error(price):
+    code, _, err = cli("bench", "moa", "--virtual-clock", "--price", price)
+    assert code == 2 and err.count("\n") == 1
+    assert "give three prices in dollars per million tokens" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -37,6 +38,23 @@ def test_both_modes_on_one_time_axis_as_svg(tmp_path, traces):
     assert [p for p in ("p1", "p2", "p3", "agg") if f'id="unread-{p}"' in svg] == [
         "p1", "p2", "p3"]
     assert svg.count('id="unread-') == 3
+
+
+def test_each_request_shows_the_share_of_its_prompt_the_cache_served(tmp_path):
+    trace, picture = tmp_path / "s.json", tmp_path / "s.svg"
+    code, _, err = cli("run", "moa", "--virtual-clock", "--sim", "cache=slot", "--trace",
+                       str(trace))
+    assert code == 0, err
+    # the run's summary says it too
+    assert " prompt tokens (" in err and " from the cache, " in err and " recomputed)" in err
+    code, _, err = cli("timeline", str(trace), "-o", str(picture))
+    assert code == 0, err
+    svg = picture.read_text()
+    assert "share of its prompt served from the cache" in svg
+    # the proposers' one request each reuses nothing; the aggregator's later steps do
+    cached = sorted(set(re.findall(r'id="cached-(\w+)-(\d+)"', svg)))
+    assert cached and {node for node, _ in cached} == {"agg"}
+    assert ("agg", "0") not in cached
 
 
 def test_a_run_draws_its_own_timeline_as_png(tmp_path):

@@ -285,7 +285,7 @@ def test_fn_modules_with_dotted_names_and_attributes(tmp_path):
         (('name = "mini"', 'name = 5'), "graph 5: name=5; use a string"),
         (('[defaults]\nmax_tokens = 64', '[defaults]\nsim = 5'),
          "graph 'mini': defaults.sim=5; use a table of simulated timings: latency_s, prefill_tps, "
-         "decode_tps, output_tokens, seed"),
+         "decode_tps, output_tokens, seed, cache"),
         (('decode_tps = 32', 'decode_tps = inf'),
          "graph 'mini': sim.decode_tps=inf; use a number of output tokens per second from 0.001 to 1e+09"),
         (('decode_tps = 32', 'latency_s = nan'),

@@ -148,7 +148,7 @@ CASES = [
     ({}, {"prompt_format": "xml"}, "llm",
      f"{NODE}: prompt_format='xml'; use one of gemma, chatml, llama3, document"),
     ({}, {"sim": 5}, "llm", f"{NODE}: sim=5; use a table of simulated timings: latency_s, "
-                            "prefill_tps, decode_tps, output_tokens, seed"),
+                            "prefill_tps, decode_tps, output_tokens, seed, cache"),
     ({}, {"temperatur": 1}, "llm", f"{NODE}: unknown field 'temperatur'; did you mean 'temperature'?"),
     # fn nodes
     ({}, {"timeout_s": NAN}, "fn", f"{NODE}: timeout_s=nan; {FN_TIMEOUT}"),
@@ -159,7 +159,7 @@ CASES = [
     # the graph's own settings, [defaults] and [sim]
     ({"defaults": {"sim": 5}}, {}, "llm", f"{WHERE}: defaults.sim=5; use a table of simulated "
                                           "timings: latency_s, prefill_tps, decode_tps, "
-                                          "output_tokens, seed"),
+                                          "output_tokens, seed, cache"),
     ({"defaults": {"temperature": NAN}}, {}, "llm",
      f"{WHERE}: defaults.temperature=nan; use a number from 0 to 2"),
     ({"defaults": {"timeout_s": -2}}, {}, "llm", f"{WHERE}: defaults.timeout_s=-2; {LLM_TIMEOUT}"),
@@ -231,7 +231,7 @@ def test_the_llm_settings_are_the_fields_of_llm_node():
     assert set(fields_of(FnSettings)) <= fn_fields
     assert sf.LLMNode("x").timeout_s is None
     assert fields_of(SimSettings) == ("latency_s", "prefill_tps", "decode_tps", "output_tokens",
-                                      "seed")
+                                      "seed", "cache")
 
 
 def test_parse_sim_checks_a_command_line_what_if():
