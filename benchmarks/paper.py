@@ -310,7 +310,20 @@ def document(local: dict[str, Any], simulated: dict[str, Any] | None = None) -> 
         "model (target: at most 1.2x).",
         f"- The aggregator's prompt after its first step served from the cache, append "
         f"layout: {cell(s_app, later, 'staircase')}% simulated, "
-        f"{cell(l_app, later, 'staircase', True)}% on the local model (target: 90%).",
+        f"{cell(l_app, later, 'staircase', True)}% on the local model (target: 90%). The "
+        "simulated slot holds everything the aggregator read and wrote before, so what it "
+        "recomputes is exactly the text new to it: the proposals' chunks that arrived since "
+        "its last step (and a heading). That share is what `moa`'s chunk schedule sends, not "
+        "what a cache can save; 90% would need later steps that read a tenth of their prompt "
+        "new.",
+        "- **Which layout by default.** On the local model the append layout keeps TTFT and "
+        "halves the prompt tokens recomputed, but its answers are worse: `python "
+        "benchmarks/layouts.py --prompts 5` prints both layouts' answers side by side, and on "
+        "2026-12-02 the append answers held imitated reference blocks (`[p4] ...`, `[a][b]: "
+        "...`, `4)A ...`) in 4 of 5 prompts, 3 of them from the first words, where each "
+        "rebuild answer, weak as a 270M base model's are, was prose about the question. The "
+        "small base model continues the interleaved blocks as a pattern. So `rebuild` stays the default: choose `append` for an "
+        "instruction-tuned model behind a prefix cache, after reading its answers.",
         "",
         "## The staircase, pictured",
         "",

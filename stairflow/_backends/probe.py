@@ -15,8 +15,8 @@ from .local import LOCAL_MODEL, LocalServer, _http_status
 from .meter import EndpointRates
 from .openai import CONTINUATIONS, Endpoint, OpenAIBackend
 
-__all__ = ["forget_server", "probe", "probe_rates", "remember_server", "running_server",
-           "running_server_url", "state_file"]
+__all__ = ["forget_server", "probe", "probe_rates", "probe_slots", "remember_server",
+           "running_server", "running_server_url", "state_file"]
 
 QUESTION = "Count from one to ten in words, separated by spaces."
 PREFIX = "one two three"
@@ -67,6 +67,17 @@ async def probe_rates(base_url: str, model: str, api_key_env: str | None = None
                 return None
         measured = backend.measured_rates()
     return measured[0] if measured else None
+
+
+async def probe_slots(base_url: str, model: str, api_key_env: str | None = None) -> int | None:
+    """How many slots a llama.cpp server has (its ``/props``), which stairflow pins nodes to
+    (see `stairflow._backends.slots`); None for another kind of server."""
+    backend = OpenAIBackend(Endpoint(base_url, model, api_key_env, "chat-prefix", "chatml",
+                                     60.0, 0), remember_rates=False)
+    async with backend:
+        await backend.warm_up([("probe", model)])
+        slots = backend.slots.get(base_url)
+    return None if slots is None else slots.n
 
 
 def state_file() -> Path:

@@ -153,13 +153,17 @@ def sim_tokens(seed: int, node: str, n: int, start: int = 0, stop: int | None = 
 
 class _SimStream:
     def __init__(self, timing: SimTiming, request: Request, cache: PrefixCache) -> None:
-        prompt = sequence(request.messages, request.prefix)
         self._start = now = trio.current_time()
         owner = Owner(request.run_id, request.node, request.model)
-        cached = cache.cached(timing.cache, owner, prompt, now)
-        self.usage = Usage(prompt_tokens=len(prompt), cached_tokens=cached)
+        prompt: tuple[str, ...] = ()
+        if timing.cache == "none":  # only the count (no sequence to build, per request)
+            size, cached = count_tokens(request.messages, request.prefix), 0
+        else:
+            prompt = sequence(request.messages, request.prefix)
+            size, cached = len(prompt), cache.cached(timing.cache, owner, prompt, now)
+        self.usage = Usage(prompt_tokens=size, cached_tokens=cached)
         self.finish_reason: str | None = None
-        self._first = now + timing.first_token_s(len(prompt) - cached)
+        self._first = now + timing.first_token_s(size - cached)
         self._decode = timing.decode_tps
         left = max(0, timing.output_tokens - request.position)
         self._n = min(request.max_tokens, left)
@@ -168,7 +172,7 @@ class _SimStream:
         self._total, self._position = timing.output_tokens, request.position
         self._k = 0
         self._entry: Entry | None = None
-        if timing.cache != "none":
+        if timing.cache != "none":  # what this request processes enters the cache
             self._entry = Entry(prompt, self._first, self._decode, timing.prefill_tps,
                                 now + timing.latency_s, cached, self._words)
             cache.add(timing.cache, owner, self._entry)

@@ -160,7 +160,7 @@ def _status(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -
 
 
 def _probe(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
-    from .._backends.probe import probe, probe_rates
+    from .._backends.probe import probe, probe_rates, probe_slots
 
     results = trio.run(probe, args.base_url, args.model, args.api_key_env)
     for name, (ok, detail) in results.items():
@@ -171,4 +171,8 @@ def _probe(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) ->
         rates = trio.run(probe_rates, args.base_url, args.model, args.api_key_env)
         print(f"rates: {rates.describe()}" if rates else "rates: not measured (a request "
               "failed)", file=out)
+    slots = trio.run(probe_slots, args.base_url, args.model, args.api_key_env)
+    print(f"prefix cache: llama.cpp, {slots} slots; each node is pinned to one while one is "
+          "free" if slots else "prefix cache: the server's own (no llama.cpp slots to pin); "
+          "the append layout lets it hit", file=out)
     return 0 if best else 1

@@ -266,11 +266,13 @@ def test_probe_reports_the_continuation_modes(server: Server):
     assert [line.split()[0] for line in lines[:3]] == ["chat-prefix", "completions",
                                                       "chat-restate"]
     assert lines[0].split()[:2] == ["chat-prefix", "works"]  # llama.cpp continues natively
-    assert lines[-2] == "use: --continuation chat-prefix"
+    assert lines[-3] == "use: --continuation chat-prefix"
     # and the endpoint's rates, measured on prompts of four sizes, remembered for later runs
-    assert lines[-1].startswith(f"rates: {LOCAL_MODEL} at {server.base_url}: latency ")
-    assert "?" not in lines[-1]
-    assert lines[-1].endswith(" requests)")
+    assert lines[-2].startswith(f"rates: {LOCAL_MODEL} at {server.base_url}: latency ")
+    assert "?" not in lines[-2]
+    assert lines[-2].endswith(" requests)")
+    # and its slots, which nodes are pinned to (the test server has 4)
+    assert lines[-1].startswith("prefix cache: llama.cpp, 4 slots; each node is pinned")
 
 
 def test_serve_keeps_a_server_that_later_runs_reuse(tmp_path):
