@@ -129,6 +129,10 @@ def serve_models(*ids: str) -> Script:
     return script
 
 
+def _no_props(ex: Exchange) -> None:
+    ex.json(404, {"error": {"message": "Not Found", "type": "not_found_error"}})
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive and chunked bodies, like real servers
     # each event leaves at once, as from real servers (with Nagle's algorithm a small write
@@ -146,8 +150,12 @@ class _Handler(BaseHTTPRequestHandler):
         fake: FakeOpenAI = self.server.fake  # type: ignore[attr-defined]
         ex = Exchange(self, body)
         fake.seen.append(ex)
-        script = fake.models if self.path.endswith("/models") else fake.answer
-        script(ex)
+        if self.path.endswith("/models"):
+            fake.models(ex)
+        elif self.path.endswith("/props"):
+            fake.props(ex)
+        else:
+            fake.answer(ex)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: the tests read what the client saw
@@ -164,6 +172,7 @@ class _Server(ThreadingHTTPServer):
 class FakeOpenAI:
     answer: Script
     models: Script
+    props: Script
     base_url: str = ""
     seen: list[Exchange] = field(default_factory=list)
 
@@ -172,13 +181,15 @@ class FakeOpenAI:
 
 
 @contextmanager
-def fake_openai(answer: Script, models: Script | None = None) -> Iterator[FakeOpenAI]:
+def fake_openai(answer: Script, models: Script | None = None,
+                props: Script | None = None) -> Iterator[FakeOpenAI]:
     """A misbehaving OpenAI-compatible server on a free loopback port, for the ``with`` body.
 
     ``answer`` serves the completion routes; ``models`` serves ``/v1/models`` (by default,
-    the one model ``m``).
+    the one model ``m``); ``props`` serves llama.cpp's ``/props`` (by default a 404, as
+    servers other than llama.cpp answer it).
     """
-    fake = FakeOpenAI(answer, models or serve_models("m"))
+    fake = FakeOpenAI(answer, models or serve_models("m"), props or _no_props)
     server = _Server(("127.0.0.1", 0), _Handler)  # bound and listening from here on
     server.fake = fake  # type: ignore[attr-defined]
     server.stop = threading.Event()  # type: ignore[attr-defined]

@@ -418,11 +418,38 @@ def test_warm_up_lists_the_models_once_before_any_request():
         async def main() -> None:
             async with b:
                 await b.warm_up([("p1", None), ("p2", None), ("p3", None)])
-                assert [ex.path for ex in fake.seen] == ["/v1/models"]  # and nothing else
+                # the listing, and llama.cpp's slot count beside it; nothing else
+                assert [ex.path for ex in fake.seen] == ["/v1/models", "/props"]
                 await b.warm_up([("p1", None)])  # done already: nothing more is sent
-                assert len(fake.seen) == 1
+                assert len(fake.seen) == 2
 
         trio.run(main)
+
+
+def props(obj: object, status: int = 200) -> Script:
+    def script(ex: Exchange) -> None:
+        ex.json(status, obj)
+    return script
+
+
+def test_a_llama_cpp_server_gets_each_node_pinned_to_a_slot():
+    with fake_openai(stream(" a"), props=props({"total_slots": 2})) as fake:
+        out = ask(backend(fake.base_url))
+    assert out.error is None and out.tokens == [" a"]
+    (post,) = fake.posts()
+    assert post.body["id_slot"] == 0 and post.body["cache_prompt"] is True
+
+
+@pytest.mark.parametrize("answer", [Exchange.stall, props({"total_slots": True}),
+                                    props({"total_slots": 0}), props("<html>"),
+                                    props({"error": "no"}, 500)],
+                         ids=["stalled", "bool", "zero", "not-json-object", "status-500"])
+def test_a_props_route_that_stalls_or_lies_leaves_requests_unpinned(answer: Script):
+    with fake_openai(stream(" a"), props=answer) as fake:
+        out = ask(backend(fake.base_url, read_timeout_s=0.2))
+    assert out.error is None and out.tokens == [" a"] and out.elapsed < 1.5
+    (post,) = fake.posts()
+    assert "id_slot" not in post.body and "cache_prompt" not in post.body
 
 
 def test_a_run_lists_the_models_once_however_many_nodes_start_at_once():
