@@ -1,7 +1,8 @@
 """stairflow: low-latency multi-agent LLM graphs with staircase streaming on Trio.
 
 Declare a graph (`Graph`, or a TOML file via `load_graph`), run it (`run` from plain code,
-`open_run` inside Trio), read its `Report`. Backends: each node's own endpoint, a default
+`open_run` inside Trio), read its `Report`; run it over many prompts (`run_batch`,
+`open_batch`), resumably. Backends: each node's own endpoint, a default
 endpoint, the local model, or the simulator (`open_backend`, `OpenAIBackend`, `SimBackend`, or
 your own `Backend`). Test helpers live in `stairflow.testing`.
 """
@@ -11,6 +12,7 @@ import typing as _typing
 from ._backends.base import Backend, Completion, Request, Usage
 from ._backends.select import BackendChoice, EndpointOptions, open_backend
 from ._backends.sim import SimBackend, SimTiming
+from ._batch.runner import Batch, BatchSummary, open_batch, run_batch
 from ._core.inbox import Step
 from ._core.policy import Rates
 from ._errors import (
@@ -67,6 +69,8 @@ __all__ = [
     "Backend",
     "BackendChoice",
     "BackendError",
+    "Batch",
+    "BatchSummary",
     "Buffer",
     "Completion",
     "ConfigError",
@@ -112,12 +116,14 @@ __all__ = [
     "join_any",
     "load_graph",
     "open_backend",
+    "open_batch",
     "open_run",
     "paragraph",
     "quorum",
     "regex",
     "resolve_graph",
     "run",
+    "run_batch",
     "sentence",
     "tokens",
 ]

@@ -15,6 +15,8 @@ never caught or wrapped.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "BackendError",
     "ConfigError",
@@ -42,6 +44,10 @@ class GraphFileError(GraphError):
     def __init__(self, path: str, message: str) -> None:
         super().__init__(f"{path}: {message}")
         self.path = path
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copy and pickle call __init__ so
+        return type(self), (self.path, self.message), self.__dict__
 
 
 class ConfigError(StairflowError):
@@ -60,9 +66,21 @@ class NodeError(RunError):
         self.node = node
         self.reason = message
 
+    def __reduce__(self) -> tuple[Any, ...]:  # copy and pickle (Ray) call __init__ so
+        return type(self), (self.node, self.reason), self.__dict__
+
 
 class BackendError(NodeError):
-    """A node's model backend failed (unreachable, refused, broke mid-stream)."""
+    """A node's model backend failed (unreachable, refused, broke mid-stream).
+
+    ``transient``: the same request may well succeed later (the server was unreachable,
+    overloaded, timed out or broke the connection), as opposed to one it refused for what the
+    request is (an unknown model, a bad key, malformed data). `stairflow.run_batch` retries a
+    prompt whose run failed with a transient error."""
+
+    def __init__(self, node: str, message: str, *, transient: bool = False) -> None:
+        super().__init__(node, message)
+        self.transient = transient
 
 
 class InternalError(StairflowError):

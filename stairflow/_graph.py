@@ -12,7 +12,7 @@ import difflib
 import inspect
 import re
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Literal, TypeAlias
@@ -86,8 +86,30 @@ class OutputNode:
 AUTO_FALLBACK = (32, 64, 128)
 
 
+class _Frozen(dict[str, Any]):
+    """A read-only mapping field on its way through pickle (which cannot take a
+    ``MappingProxyType``): a graph goes to Ray workers and other processes whole."""
+
+
+def _restore(cls: type[Any], values: dict[str, Any]) -> Any:
+    obj = object.__new__(cls)
+    for name, value in values.items():
+        object.__setattr__(obj, name, MappingProxyType(dict(value))
+                           if isinstance(value, _Frozen) else value)
+    return obj
+
+
+class _Picklable:
+    """Pickles a frozen dataclass whose fields hold read-only mappings."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _restore, (type(self), {
+            f.name: _Frozen(v) if isinstance(v := getattr(self, f.name), MappingProxyType)
+            else v for f in fields(self)})  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
-class LLMNode:
+class LLMNode(_Picklable):
     """An agent: a model prompted with its inputs, stepping in a staircase.
 
     The fields besides ``name`` and ``kind`` are the settings of `LLMSettings`, where each is
@@ -156,7 +178,7 @@ class Edge:
 
 
 @dataclass(frozen=True)
-class FrozenGraph:
+class FrozenGraph(_Picklable):
     """A validated, immutable graph, ready to run. Build one with `Graph.build()`."""
 
     name: str

@@ -202,15 +202,15 @@ class _Call:
     retries: int = 0  # taken so far
     pinned: int | None = None  # the llama.cpp slot it is sent to (see slots.py)
 
-    def fail(self, message: str) -> BackendError:
+    def fail(self, message: str, *, transient: bool = False) -> BackendError:
         """The node's error: one line, naming endpoint and model, with no key in it."""
         text = one_line(redact(f"{self.ep.describe()}: {message}", self.secrets))
-        return BackendError(self.node, text)
+        return BackendError(self.node, text, transient=transient)
 
     def late(self) -> BackendError:
         return self.fail(f"no complete answer within timeout_s = {self.ep.timeout_s:g} s; raise "
                          "timeout_s (in the graph file, or --timeout on the command line) or "
-                         "check the server")
+                         "check the server", transient=True)
 
     def server_text(self, text: str) -> str:
         """Text the server sent, fit for a message: keys out first, then cut short."""
@@ -226,17 +226,19 @@ class _Call:
                     429: "; rate limited"}.get(exc.status_code, "")
             detail = self.server_text(_status_detail(exc))
             return self.fail(f"HTTP {exc.status_code}{tried}{' ' + detail if detail else ''}"
-                             f"{hint}")
+                             f"{hint}", transient=exc.status_code in RETRY_STATUS
+                             or exc.status_code >= 500)
         if isinstance(exc, openai.APITimeoutError):
             return self.fail(f"the server sent nothing for {self.ep.wait_s():g} s {phase} "
-                             "(read_timeout_s); check the server")
+                             "(read_timeout_s); check the server", transient=True)
         if isinstance(exc, openai.APIConnectionError):
             if phase == "mid-answer":
-                return self.fail("the connection broke mid-answer; did the server stop?")
-            return self.fail(f"cannot connect{tried}; is the server running?")
+                return self.fail("the connection broke mid-answer; did the server stop?",
+                                 transient=True)
+            return self.fail(f"cannot connect{tried}; is the server running?", transient=True)
         if isinstance(exc, openai.APIError):  # an error event in the stream
             return self.fail(f"the server reported an error {phase}: "
-                             f"{self.server_text(exc.message)}")
+                             f"{self.server_text(exc.message)}", transient=True)
         if isinstance(exc, ValueError):  # json.JSONDecodeError and the like
             # the start of the bad data helps; keys out before it is cut short
             seen = (f" in {redact(exc.doc, self.secrets)[:60]!r}"

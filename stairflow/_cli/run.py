@@ -30,7 +30,7 @@ from .._settings import parse_sim
 from .common import GRAPH_HELP
 from .trace import TRACE_FORMATS, draw_picture, write_trace
 
-__all__ = ["add_backend_options", "add_parser", "backend_choice", "prompt_of"]
+__all__ = ["add_backend_options", "add_parser", "backend_choice", "banner", "prompt_of"]
 
 _OPTIONS = ("base_url", "model", "api_key_env", "continuation", "prompt_format", "timeout_s")
 
@@ -147,7 +147,7 @@ def _check_trace_path(path: str | None) -> Path | None:
     return p
 
 
-def _banner(name: str, simulated: bool, virtual: bool) -> str:
+def banner(name: str, simulated: bool, virtual: bool) -> str:
     if simulated:
         clock = "virtual clock" if virtual else "real time"
         return (f"[simulated backend: placeholder text, timings from the timing model, "
@@ -207,7 +207,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> i
         async with open_backend(graph, choice, **options) as backend:  # type: ignore[arg-type]
             info = describe_backend(backend)
             if stream:
-                print(_banner(info.name, info.simulated, args.virtual_clock), file=err,
+                print(banner(info.name, info.simulated, args.virtual_clock), file=err,
                       flush=True)
             async with open_run(graph, prompt, backend=backend, mode=args.mode) as run:
                 runs.append(run)

@@ -12,6 +12,7 @@ output (``node_cancel`` in the trace).
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -41,6 +42,12 @@ _RUN_IDS = itertools.count(1)  # `Request.run_id`
 
 
 def prepare(graph: Graph | FrozenGraph, mode: Mode = "staircase") -> FrozenGraph:
+    if isinstance(graph, str):
+        raise ConfigError(f"graph={graph!r} is a name, not a graph; load it with "
+                          f"sf.resolve_graph({graph!r}) (a bundled name or a file path)")
+    if not isinstance(graph, Graph | FrozenGraph):
+        raise ConfigError(f"graph={type(graph).__name__}; give a stairflow Graph or "
+                          "FrozenGraph (sf.resolve_graph or sf.load_graph make one)")
     frozen = graph.build() if isinstance(graph, Graph) else graph
     return frozen.with_mode(mode)
 
@@ -220,7 +227,8 @@ class Run:
         if isinstance(exc, NodeError) and exc.node == name:
             err, cause = exc, exc.__cause__
             if self.secrets:  # whatever a backend or user code put into it
-                err = type(exc)(name, redact(exc.reason, self.secrets))
+                err = copy.copy(exc)  # its class and attributes (a BackendError's transient)
+                NodeError.__init__(err, name, redact(exc.reason, self.secrets))
         else:
             err = NodeError(name, redact(f"{type(exc).__name__}: {exc}", self.secrets))
             cause = exc

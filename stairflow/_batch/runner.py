@@ -1,0 +1,410 @@
+"""Running a batch in one Trio loop: `open_batch` inside Trio, `run_batch` from plain code.
+
+Theory of operation. A feeder task streams the prompts, skips the (id, mode) pairs the results
+file holds, and hands the rest to ``concurrency`` worker tasks through a channel that holds
+at most ``concurrency`` of them: memory stays bounded however long the input. Each worker
+runs one prompt at a time on the batch's one backend (so a local model starts once and a
+server's connections are reused), retries a run that failed with a transient backend error,
+and appends its result to the results file the moment it finishes. A run that fails for good
+is recorded with its one-line error and the batch goes on; a bad set-up (`ConfigError`) ends
+the batch, since every prompt would fail the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Unpack
+
+import trio
+import trio.testing
+
+from .._backends.base import Backend, describe_backend
+from .._backends.redact import redact_data
+from .._backends.select import BackendChoice, EndpointOptions, open_backend
+from .._backends.sim import SimBackend
+from .._errors import BackendError, ConfigError, RunError
+from .._graph import FrozenGraph, Graph, Mode
+from .._runtime.clock import is_virtual
+from .._runtime.run import open_run, prepare
+from .prompts import Prompt, PromptSource, check_prompts, read_prompts
+from .results import ResultsFile
+
+__all__ = ["MODES", "Batch", "BatchMode", "BatchSummary", "Job", "default_concurrency", "jobs",
+           "open_batch", "run_batch", "run_one", "setup"]
+
+BatchMode = Literal["staircase", "normal", "both"]
+MODES: Mapping[str, tuple[Mode, ...]] = {"staircase": ("staircase",), "normal": ("normal",),
+                                         "both": ("staircase", "normal")}
+RETRY_S = 1.0  # first wait before a prompt's run is retried; doubles up to MAX_RETRY_S
+MAX_RETRY_S = 30.0
+SAMPLE = 10_000  # TTFTs kept for the p50 (a uniform sample: memory stays bounded)
+SIM_CONCURRENCY = 256
+ENDPOINT_CONCURRENCY = 16
+
+
+@dataclass(frozen=True)
+class Job:
+    """One prompt in one mode."""
+
+    prompt: Prompt
+    mode: Mode
+
+
+@dataclass
+class Batch:
+    """A batch in progress: live counters (read them any time), and `cancel`."""
+
+    graph: str
+    modes: tuple[Mode, ...]
+    results: Path
+    total: int  # (prompt, mode) pairs in the input
+    skipped: int  # of them, already in the results file
+    concurrency: int = 0
+    backend: str = ""
+    simulated: bool = False
+    done: int = 0  # results written by this batch (failures included)
+    failed: int = 0
+    retried: int = 0  # runs tried again after a transient error
+    in_flight: int = 0
+    output_tokens: int = 0
+    started: float = 0.0  # trio time
+    ended: float | None = None
+    virtual: bool = False  # the clock is Trio's MockClock: times are simulated ones
+    interrupted: bool = False
+    on_result: Callable[[Mapping[str, Any]], None] | None = None
+    _ttfts: list[float] = field(default_factory=list)
+    _seen_ttfts: int = 0
+    _rng: random.Random = field(default_factory=lambda: random.Random(0))
+    _scope: trio.CancelScope | None = None
+    _last: float = 0.0  # when the last result was written
+    clock: Callable[[], float] = trio.current_time  # Ray's driver counts in wall time
+
+    def cancel(self) -> None:
+        """Stop: runs in flight are abandoned (a rerun does them), written results stay."""
+        self.interrupted = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    @property
+    def remaining(self) -> int:
+        return self.total - self.skipped - self.done
+
+    def ttft_p50(self) -> float | None:
+        if not self._ttfts:
+            return None
+        ordered = sorted(self._ttfts)
+        return ordered[(len(ordered) - 1) // 2]
+
+    def _count(self, record: Mapping[str, Any]) -> None:
+        self._last = self.clock()
+        self.done += 1
+        self.failed += record["error"] is not None
+        self.output_tokens += record.get("output_tokens") or 0
+        ttft = record.get("ttft_s")
+        if ttft is not None:  # reservoir sampling
+            self._seen_ttfts += 1
+            if len(self._ttfts) < SAMPLE:
+                self._ttfts.append(ttft)
+            else:
+                i = self._rng.randrange(self._seen_ttfts)
+                if i < SAMPLE:
+                    self._ttfts[i] = ttft
+        if self.on_result is not None:
+            self.on_result(record)
+
+    def summary(self) -> BatchSummary:
+        end = self.ended
+        if end is None:  # still going; or interrupted, and read outside Trio
+            end = (self.clock() if self.clock is not trio.current_time or _in_trio()
+                   else max(self._last, self.started))
+        elapsed = max(0.0, end - self.started)
+        return BatchSummary(
+            graph=self.graph, modes=self.modes, results=str(self.results),
+            backend=self.backend, simulated=self.simulated, concurrency=self.concurrency,
+            total=self.total, skipped=self.skipped, done=self.done, failed=self.failed,
+            retried=self.retried, remaining=self.remaining, elapsed_s=elapsed,
+            prompts_per_s=self.done / elapsed if elapsed > 0 else 0.0,
+            ttft_p50_s=self.ttft_p50(), output_tokens=self.output_tokens,
+            virtual=self.virtual, interrupted=self.interrupted)
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """What a batch did: counts are (prompt, mode) pairs; ``done`` counts the results this
+    batch wrote (failures too), ``skipped`` those the file held already, ``remaining`` those
+    left for a rerun (an interrupted batch)."""
+
+    graph: str
+    modes: tuple[str, ...]
+    results: str
+    backend: str
+    simulated: bool
+    concurrency: int
+    total: int
+    skipped: int
+    done: int
+    failed: int
+    retried: int
+    remaining: int
+    elapsed_s: float
+    prompts_per_s: float
+    ttft_p50_s: float | None
+    output_tokens: int
+    virtual: bool = False  # times are the simulator's, in virtual time
+    interrupted: bool = False
+
+    def describe(self) -> str:
+        """Two lines for a person: what was done, and where it is."""
+        ttft = "-" if self.ttft_p50_s is None else f"{self.ttft_p50_s:.3f} s"
+        modes = "+".join(self.modes)
+        lines = [
+            f"{self.graph} ({modes}): {self.done} done, {self.failed} failed, {self.skipped} "
+            f"skipped (in the file already), {self.remaining} left of {self.total} | "
+            f"{self.elapsed_s:.1f} s{' (virtual)' if self.virtual else ''}, "
+            f"{self.prompts_per_s:.1f}/s | TTFT p50 {ttft} | "
+            f"{self.retried} retried",
+            f"results: {self.results}"
+            + (" (interrupted: run the same command again to resume)" if self.remaining
+               else ""),
+        ]
+        if self.failed:
+            lines.append("failed prompts have \"error\" set; --retry-failed runs them again")
+        return "\n".join(lines)
+
+
+def _in_trio() -> bool:
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
+
+
+def default_concurrency(backend: Backend, graph: FrozenGraph) -> int:
+    """Runs in flight: many on the simulator; on llama.cpp servers, as many as their slots
+    hold whole runs (each node keeps its own slot: see slot pinning in docs/backends.md);
+    `ENDPOINT_CONCURRENCY` on other servers."""
+    if describe_backend(backend).simulated:
+        return SIM_CONCURRENCY
+    slots: Mapping[str, Any] = getattr(backend, "slots", {})
+    endpoint_for = getattr(backend, "endpoint_for", None)
+    nodes = graph.llm_nodes()
+    if not nodes or not callable(endpoint_for):
+        return ENDPOINT_CONCURRENCY
+    per_url: dict[str, int] = {}
+    for n in nodes:
+        url = endpoint_for(n.name, n.model).base_url
+        per_url[url] = per_url.get(url, 0) + 1
+    fits = [slots[u].total // k for u, k in per_url.items() if slots.get(u) is not None]
+    return max(1, min(fits)) if fits else ENDPOINT_CONCURRENCY
+
+
+def record_of(job: Job, graph: str, simulated: bool, attempts: int,
+              report: Any = None, error: str | None = None) -> dict[str, Any]:
+    """One line of the results file."""
+    out: dict[str, Any] = {"id": job.prompt.id, "mode": job.mode, "graph": graph}
+    if report is None:
+        out |= {"output": None, "ttft_s": None, "total_s": None, "output_tokens": 0,
+                "prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 0,
+                "llm_calls": 0}
+    else:
+        out |= {"output": report.output, "ttft_s": _round(report.ttft_s),
+                "total_s": _round(report.total_s), "output_tokens": report.output_tokens,
+                "prompt_tokens": report.prompt_tokens, "cached_tokens": report.cached_tokens,
+                "completion_tokens": report.completion_tokens, "llm_calls": report.llm_calls}
+    out |= {"attempts": attempts, "simulated": simulated, "error": error}
+    return out
+
+
+def _round(t: float | None) -> float | None:
+    return None if t is None else round(t, 6)
+
+
+async def run_one(graph: FrozenGraph, job: Job, backend: Backend, retries: int,
+                  on_retry: Callable[[], None] | None = None) -> dict[str, Any]:
+    """One prompt's result: its run, tried again (after a growing wait) while it fails with a
+    transient backend error, at most ``retries`` times."""
+    info = describe_backend(backend)
+    attempt = 1
+    while True:
+        try:
+            async with open_run(graph, job.prompt.message, backend=backend,
+                                mode=job.mode) as run:
+                pass
+        except BackendError as exc:
+            if not exc.transient or attempt > retries:
+                return record_of(job, graph.name, info.simulated, attempt, error=str(exc))
+            await trio.sleep(min(RETRY_S * 2 ** (attempt - 1), MAX_RETRY_S)
+                             * random.uniform(0.75, 1.0))
+            attempt += 1
+            if on_retry is not None:
+                on_retry()
+            continue
+        except RunError as exc:
+            return record_of(job, graph.name, info.simulated, attempt, error=str(exc))
+        record = record_of(job, graph.name, info.simulated, attempt, run.report())
+        return redact_data(record, run.secrets)  # type: ignore[no-any-return]
+
+
+def jobs(source: PromptSource, modes: Sequence[Mode], results: ResultsFile) -> Any:
+    """The (prompt, mode) pairs the results file does not hold yet, streamed."""
+    for prompt in read_prompts(source):
+        for mode in modes:
+            if not results.has(prompt.id, mode):
+                yield Job(prompt, mode)
+
+
+def setup(graph: Graph | FrozenGraph, prompts: PromptSource, results: str | os.PathLike[str],
+           mode: str, concurrency: int | None, retries: int, retry_failed: bool
+           ) -> tuple[dict[Mode, FrozenGraph], PromptSource, ResultsFile, int, int]:
+    """Check everything a batch is given, before any run; (graphs per mode, prompts, the open
+    results file, the pairs in the input, those of them the file holds)."""
+    if mode not in MODES:
+        raise ConfigError(f"mode={mode!r}; use one of {', '.join(MODES)}")
+    if concurrency is not None and (isinstance(concurrency, bool)
+                                    or not isinstance(concurrency, int) or concurrency < 1):
+        raise ConfigError(f"concurrency={concurrency!r}; use a whole number of runs >= 1")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigError(f"retries={retries!r}; use a whole number >= 0")
+    frozen = {m: prepare(graph, m) for m in MODES[mode]}
+    if not isinstance(prompts, str | os.PathLike):
+        prompts = list(prompts)  # read twice: checked, then run
+    name = next(iter(frozen.values())).name
+    file = ResultsFile.open(results, name, retry_failed=retry_failed)
+    skipped = 0
+
+    def held(prompt: Prompt) -> None:
+        nonlocal skipped
+        skipped += sum(file.has(prompt.id, m) for m in frozen)
+
+    try:
+        count = check_prompts(prompts, held)
+    except BaseException:
+        file.close()
+        raise
+    return frozen, prompts, file, count * len(frozen), skipped
+
+
+@asynccontextmanager
+async def open_batch(
+    graph: Graph | FrozenGraph,
+    prompts: PromptSource,
+    results: str | os.PathLike[str],
+    *,
+    backend: BackendChoice | Backend | None = None,
+    mode: BatchMode = "staircase",
+    concurrency: int | None = None,
+    retries: int = 2,
+    retry_failed: bool = False,
+    on_result: Callable[[Mapping[str, Any]], None] | None = None,
+    **options: Unpack[EndpointOptions],
+) -> AsyncIterator[Batch]:
+    """Run a batch inside Trio; leaving the block waits for it to end (or `Batch.cancel` it).
+
+    ``prompts``: a JSON-lines file (see `stairflow._batch.prompts`) or a list of prompts;
+    ``results``: the JSON-lines file each result is appended to as it finishes. Pairs the
+    file holds already are skipped, so the same call resumes an interrupted batch;
+    ``retry_failed`` runs those recorded with an error again. ``backend`` and ``options`` as
+    for `open_run`; ``on_result`` is called with each result as it is written.
+    """
+    frozen, source, file, total, skipped = setup(graph, prompts, results, mode, concurrency,
+                                                  retries, retry_failed)
+    first = next(iter(frozen.values()))
+    batch = Batch(first.name, tuple(frozen), file.path, total, skipped, on_result=on_result)
+    try:
+        if is_virtual() and first.llm_nodes() and (backend is None or backend in (
+                "auto", "local", "openai")):
+            raise ConfigError("a batch in virtual time (MockClock) needs the simulated "
+                              "backend: pass backend='sim' or a SimBackend")
+        async with open_backend(first, backend, **options) as chosen:
+            warm_up = getattr(chosen, "warm_up", None)
+            if callable(warm_up):
+                await warm_up([(n.name, n.model) for n in first.llm_nodes()])
+            info = describe_backend(chosen)
+            batch.backend, batch.simulated = info.name, info.simulated
+            batch.concurrency = concurrency or default_concurrency(chosen, first)
+            batch.started = trio.current_time()
+            batch.virtual = is_virtual()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_drive, batch, frozen, source, file, chosen, retries)
+                yield batch
+            batch.ended = trio.current_time()
+    finally:
+        file.close()
+
+
+async def _drive(batch: Batch, frozen: Mapping[Mode, FrozenGraph], source: PromptSource,
+                 file: ResultsFile, backend: Backend, retries: int) -> None:
+    def retried() -> None:
+        batch.retried += 1
+
+    async def work(recv: trio.MemoryReceiveChannel[Job]) -> None:
+        async with recv:
+            async for job in recv:
+                batch.in_flight += 1
+                try:
+                    record = await run_one(frozen[job.mode], job, backend, retries, retried)
+                finally:
+                    batch.in_flight -= 1
+                if file.write(record):
+                    batch._count(record)
+
+    async def feed(send: trio.MemorySendChannel[Job]) -> None:
+        async with send:
+            for job in jobs(source, tuple(frozen), file):
+                await send.send(job)
+
+    with trio.CancelScope() as scope:
+        batch._scope = scope
+        send, recv = trio.open_memory_channel[Job](batch.concurrency)
+        async with trio.open_nursery() as nursery, recv:
+            nursery.start_soon(feed, send)
+            for _ in range(batch.concurrency):
+                nursery.start_soon(work, recv.clone())
+    batch.ended = trio.current_time()
+
+
+def run_batch(
+    graph: Graph | FrozenGraph,
+    prompts: PromptSource,
+    results: str | os.PathLike[str],
+    *,
+    backend: BackendChoice | Backend | None = None,
+    mode: BatchMode = "staircase",
+    concurrency: int | None = None,
+    retries: int = 2,
+    retry_failed: bool = False,
+    virtual_clock: bool = False,
+    on_result: Callable[[Mapping[str, Any]], None] | None = None,
+    **options: Unpack[EndpointOptions],
+) -> BatchSummary:
+    """Run ``graph`` over every prompt from plain (non-Trio) code; the batch's summary.
+
+    Arguments as for `open_batch`; ``virtual_clock=True`` runs the simulated backend in
+    virtual time (exact timings, no waiting). Ctrl-C stops it with ``KeyboardInterrupt``;
+    what was written stays, and the same call resumes.
+    """
+    if virtual_clock:
+        backend = "sim" if backend is None else backend
+        if isinstance(backend, str) and backend not in ("sim", "simulated"):
+            raise ConfigError(f"the virtual clock needs the simulated backend, not {backend!r}")
+        if not isinstance(backend, str) and not isinstance(backend, SimBackend) and \
+                not describe_backend(backend).simulated:
+            raise ConfigError("the virtual clock needs a simulated backend")
+
+    async def main() -> BatchSummary:
+        async with open_batch(graph, prompts, results, backend=backend, mode=mode,
+                              concurrency=concurrency, retries=retries,
+                              retry_failed=retry_failed, on_result=on_result,
+                              **options) as batch:
+            pass
+        return batch.summary()
+
+    clock = trio.testing.MockClock(autojump_threshold=0) if virtual_clock else None
+    return trio.run(main, clock=clock)
+
