@@ -66,7 +66,7 @@ class Worker:
                     limit = concurrency or default_concurrency(chosen, first)
                     self._limit = trio.CapacityLimiter(limit)
                     described = describe_backend(chosen)
-                    self.info = {"pid": os.getpid(), "node": _node_ip(),
+                    self.info = {"pid": os.getpid(), "node": _node(),
                                  "backend": described.name, "simulated": described.simulated,
                                  "concurrency": limit}
                     self._token = trio.lowlevel.current_trio_token()
@@ -119,8 +119,12 @@ def _ray() -> Any:
     return importlib.import_module("ray")
 
 
-def _node_ip() -> str:
-    return str(_ray().util.get_node_ip_address())
+def _node() -> str:
+    """The worker's node: its IP address and the start of Ray's id for it (several nodes of
+    a test cluster share one address)."""
+    ray = _ray()
+    return (f"{ray.util.get_node_ip_address()} "
+            f"(node {ray.get_runtime_context().get_node_id()[:8]})")
 
 
 def _connect(ray: Any, address: str) -> bool:

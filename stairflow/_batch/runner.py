@@ -27,7 +27,7 @@ from .._backends.base import Backend, describe_backend
 from .._backends.redact import redact_data
 from .._backends.select import BackendChoice, EndpointOptions, open_backend
 from .._backends.sim import SimBackend
-from .._errors import BackendError, ConfigError, RunError
+from .._errors import BackendError, ConfigError, RunError, unwrap
 from .._graph import FrozenGraph, Graph, Mode
 from .._runtime.clock import is_virtual
 from .._runtime.run import open_run, prepare
@@ -330,9 +330,12 @@ async def open_batch(
             batch.concurrency = concurrency or default_concurrency(chosen, first)
             batch.started = trio.current_time()
             batch.virtual = is_virtual()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_drive, batch, frozen, source, file, chosen, retries)
-                yield batch
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_drive, batch, frozen, source, file, chosen, retries)
+                    yield batch
+            except BaseExceptionGroup as group:  # the one error (or Ctrl-C), not a group
+                raise unwrap(group) from None
             batch.ended = trio.current_time()
     finally:
         file.close()

@@ -236,7 +236,7 @@ def test_a_results_file_of_another_graph_or_not_of_results_is_refused(tmp_path: 
         sf.run_batch(sf.resolve_graph("moa"), PROMPTS, out, virtual_clock=True)
     other = tmp_path / "notes.txt"
     other.write_text("hello\n")
-    with pytest.raises(sf.ConfigError, match="notes.txt:1: not a stairflow batch result"):
+    with pytest.raises(sf.ConfigError, match=r"notes\.txt:1: not a stairflow batch result"):
         sf.run_batch(chain(), PROMPTS, other, virtual_clock=True)
     assert other.read_text() == "hello\n"
 
