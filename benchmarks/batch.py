@@ -7,7 +7,9 @@
 Each batch is the ``stairflow batch`` command in a fresh process group; the memory figure is
 the peak of the summed resident memory of every process in it (sampled every 0.1 s: with Ray,
 its daemons and workers too), the rate is the batch's own (its JSON summary). ``memory`` runs
-``moa`` on the simulated backend in virtual time, so the figure is stairflow's own cost;
+``moa`` with answers of 32 tokens on the simulated backend in virtual time, so the figure is
+stairflow's own cost (``--max-tokens 0`` leaves the graph's 256-token answers: some 4x the
+time);
 ``ray`` runs it on the simulated backend in real time (``--sim latency_s=0.1``, answers of
 32 tokens: some 3.5 s a prompt, mostly waiting), each process or worker keeping the same
 number of prompts in flight, so capacity should grow with the workers. Everything here is
@@ -74,13 +76,15 @@ def prompts(path: Path, n: int) -> Path:
     return path
 
 
-def memory(ns: list[int], tmp: Path) -> None:
-    print("moa, simulated backend, virtual time, one process (256 runs in flight)\n")
+def memory(ns: list[int], max_tokens: int, tmp: Path) -> None:
+    cap = ["--max-tokens", str(max_tokens)] if max_tokens else []
+    print(f"moa{' --max-tokens ' + str(max_tokens) if max_tokens else ''}, simulated "
+          "backend, virtual time, one process (256 runs in flight)\n")
     print("| prompts | wall | prompts/s (wall) | peak memory | results file |")
     print("|---|---|---|---|---|")
     for n in ns:
         p, out = prompts(tmp / f"p{n}.jsonl", n), tmp / f"r{n}.jsonl"
-        s = batch(["moa", str(p), "-o", str(out), "--virtual-clock"])
+        s = batch(["moa", str(p), "-o", str(out), "--virtual-clock", *cap])
         assert s["done"] == n and s["failed"] == 0, s
         print(f"| {n:,} | {s['wall_s']:.0f} s | {n / s['wall_s']:.0f} | "
               f"{s['peak_mb']:.0f} MB | {out.stat().st_size / 2**20:.0f} MB |", flush=True)
@@ -109,6 +113,7 @@ def main() -> None:
     sub = ap.add_subparsers(dest="what", required=True)
     m = sub.add_parser("memory")
     m.add_argument("--prompts", type=int, nargs="+", default=[10_000, 100_000])
+    m.add_argument("--max-tokens", type=int, default=32)
     r = sub.add_parser("ray")
     r.add_argument("--prompts", type=int, default=400)
     r.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
@@ -116,7 +121,7 @@ def main() -> None:
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         if a.what == "memory":
-            memory(a.prompts, Path(d))
+            memory(a.prompts, a.max_tokens, Path(d))
         else:
             ray(a.prompts, a.workers, a.per, Path(d))
 

@@ -34,11 +34,16 @@ class Prompt:
     id: str | int  # as the input gave it (or the line number)
     message: str  # the graph's input message
     line: int
+    default_id: bool = False  # the id is the line number: the line gave none
 
 
 def id_key(value: object) -> str:
     """An id as the results file keys it: 7 and "7" are different ids."""
     return json.dumps(value, ensure_ascii=False)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _where(source: PromptSource) -> str:
@@ -49,30 +54,35 @@ def _values(source: PromptSource) -> Iterator[tuple[int, Any]]:
     """(line number, decoded value) per non-blank line."""
     where = _where(source)
     if isinstance(source, str | os.PathLike):
+        if os.fspath(source) == "-":
+            raise ConfigError("the prompts cannot come from stdin: a batch reads them twice "
+                              "(once to check them); give a file")
         path = Path(source)
+        if path.is_dir():
+            raise ConfigError(f"{where}: is a directory; give a JSON-lines file of prompts")
         try:
-            f = path.open(encoding="utf-8") if os.fspath(source) != "-" else None
+            f = path.open("rb")
         except OSError as exc:
             raise ConfigError(f"{where}: cannot read the prompts ({exc.strerror}); give a "
                               "JSON-lines file") from None
-        if f is None:
-            raise ConfigError("the prompts cannot come from stdin: a batch reads them twice "
-                              "(once to check them); give a file")
         with f:
-            try:
-                for n, line in enumerate(f, 1):
-                    if line.strip():
-                        try:
-                            yield n, json.loads(line)
-                        except json.JSONDecodeError as exc:
-                            raise ConfigError(f"{where}:{n}: not JSON ({exc.msg}); write one "
-                                              "prompt per line: a JSON string or an object "
-                                              "with \"prompt\"") from None
-            except UnicodeDecodeError:
-                raise ConfigError(f"{where}: not UTF-8 text; save the file as UTF-8") from None
+            for n, raw in enumerate(f, 1):  # lines end at "\n" only ("\r" is whitespace)
+                try:
+                    line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+                except UnicodeDecodeError:
+                    raise ConfigError(f"{where}:{n}: not UTF-8 text; save the file as "
+                                      "UTF-8") from None
+                if line.strip():
+                    try:
+                        yield n, json.loads(line)
+                    except (ValueError, RecursionError) as exc:
+                        why = exc.msg if isinstance(exc, json.JSONDecodeError) else (
+                            "nested too deep" if isinstance(exc, RecursionError)
+                            else str(exc)[:60])
+                        raise ConfigError(f"{where}:{n}: not JSON ({why}); write one prompt "
+                                          "per line: a JSON string or an object with "
+                                          "\"prompt\"") from None
         return
-    if isinstance(source, str | bytes):
-        raise ConfigError("prompts: give a file path or a list of prompts")
     for n, value in enumerate(source, 1):
         yield n, value
 
@@ -90,7 +100,13 @@ def _message(value: Any, at: str) -> tuple[object, str]:
         given = value.get("id")
         if given is not None and (isinstance(given, bool) or not isinstance(given, str | int)):
             raise ConfigError(f"{at}: \"id\" must be a string or an integer, got "
-                              f"{json.dumps(given)[:40]}")
+                              f"{_short(json.dumps(given))}")
+        if isinstance(given, str):
+            try:
+                given.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ConfigError(f"{at}: the id holds an unpaired surrogate; fix its "
+                                  "encoding") from None
         if ("prompt" in value) == ("messages" in value):
             raise ConfigError(f"{at}: give either \"prompt\" or \"messages\"")
         text = value["prompt"] if "prompt" in value else _conversation(value["messages"], at)
@@ -129,22 +145,26 @@ def read_prompts(source: PromptSource) -> Iterator[Prompt]:
     where = _where(source)
     for n, value in _values(source):
         given, text = _message(value, f"{where}:{n}")
-        yield Prompt(n if given is None else given, text, n)  # type: ignore[arg-type]
+        yield Prompt(n if given is None else given, text, n,  # type: ignore[arg-type]
+                     given is None)
 
 
 def check_prompts(source: PromptSource, each: Callable[[Prompt], None] | None = None) -> int:
     """Check every prompt and that no id repeats (``each`` sees every prompt); the number of
     prompts."""
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[int, bool]] = {}
     count = 0
     for p in read_prompts(source):
         if each is not None:
             each(p)
         key = id_key(p.id)
         if key in seen:
-            raise ConfigError(f"{_where(source)}:{p.line}: id {key} repeats line {seen[key]}'s; "
+            first, default = seen[key]
+            whose = f"line {first}'s" + (" (its default id, the line number)" if default
+                                         else "")
+            raise ConfigError(f"{_where(source)}:{p.line}: id {_short(key)} repeats {whose}; "
                               "give each prompt its own id")
-        seen[key] = p.line
+        seen[key] = (p.line, p.default_id)
         count += 1
     if count == 0:
         raise ConfigError(f"{_where(source)}: no prompts; write one per line")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +31,7 @@ from .._errors import BackendError, ConfigError, RunError, unwrap
 from .._graph import FrozenGraph, Graph, Mode
 from .._runtime.clock import is_virtual
 from .._runtime.run import open_run, prepare
-from .prompts import Prompt, PromptSource, check_prompts, read_prompts
+from .prompts import Prompt, PromptSource, check_prompts, id_key, read_prompts
 from .results import ResultsFile
 
 __all__ = ["MODES", "Batch", "BatchMode", "BatchSummary", "Job", "default_concurrency", "jobs",
@@ -271,23 +271,49 @@ def setup(graph: Graph | FrozenGraph, prompts: PromptSource, results: str | os.P
         raise ConfigError(f"concurrency={concurrency!r}; use a whole number of runs >= 1")
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ConfigError(f"retries={retries!r}; use a whole number >= 0")
+    if not isinstance(results, str | os.PathLike) or not os.fspath(results):
+        raise ConfigError(f"results={results!r}; give the path of the JSON-lines file the "
+                          "results go to")
     frozen = {m: prepare(graph, m) for m in MODES[mode]}
-    if not isinstance(prompts, str | os.PathLike):
-        prompts = list(prompts)  # read twice: checked, then run
+    prompts = _prompt_source(prompts)
     name = next(iter(frozen.values())).name
-    file = ResultsFile.open(results, name, retry_failed=retry_failed)
+    file = ResultsFile.read(results, name)  # checked; nothing written yet
     skipped = 0
+    again: set[tuple[str, str]] = set()  # failed pairs of this input, to run again
 
     def held(prompt: Prompt) -> None:
         nonlocal skipped
-        skipped += sum(file.has(prompt.id, m) for m in frozen)
+        for m in frozen:
+            key = (id_key(prompt.id), m)
+            if retry_failed and key in file.failed:
+                again.add(key)
+            elif key in file.done:
+                skipped += 1
 
-    try:
-        count = check_prompts(prompts, held)
-    except BaseException:
-        file.close()
-        raise
+    count = check_prompts(prompts, held)
+    file.begin(again)
     return frozen, prompts, file, count * len(frozen), skipped
+
+
+def _prompt_source(prompts: object) -> PromptSource:
+    """The prompts as a path or a list (a one-shot iterable is read into a list: a batch
+    reads its prompts twice)."""
+    if isinstance(prompts, str | os.PathLike):
+        path = os.fspath(prompts)
+        if isinstance(prompts, str) and not os.path.exists(path) and (
+                " " in path or "?" in path):
+            raise ConfigError(f"prompts={_short(path)!r}: no such file; to run one prompt, "
+                              "give a list: prompts=[\"...\"]")
+        return prompts
+    if prompts is None or isinstance(prompts, bytes | Mapping) or not isinstance(
+            prompts, Iterable):
+        raise ConfigError(f"prompts={type(prompts).__name__}; give a JSON-lines file's path "
+                          "or a list of prompts (strings or {\"id\": ..., \"prompt\": ...})")
+    return list(prompts)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @asynccontextmanager
@@ -327,7 +353,9 @@ async def open_batch(
                 await warm_up([(n.name, n.model) for n in first.llm_nodes()])
             info = describe_backend(chosen)
             batch.backend, batch.simulated = info.name, info.simulated
-            batch.concurrency = concurrency or default_concurrency(chosen, first)
+            # never more workers than runs to do: each is a task, and a big number costs
+            batch.concurrency = max(1, min(concurrency or default_concurrency(chosen, first),
+                                           total - skipped))
             batch.started = trio.current_time()
             batch.virtual = is_virtual()
             try:
@@ -392,6 +420,9 @@ def run_batch(
     virtual time (exact timings, no waiting). Ctrl-C stops it with ``KeyboardInterrupt``;
     what was written stays, and the same call resumes.
     """
+    if _in_trio():
+        raise ConfigError("sf.run_batch() cannot run inside Trio; use `async with "
+                          "sf.open_batch(...)`")
     if virtual_clock:
         backend = "sim" if backend is None else backend
         if isinstance(backend, str) and backend not in ("sim", "simulated"):

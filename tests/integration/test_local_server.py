@@ -302,3 +302,28 @@ def test_serve_keeps_a_server_that_later_runs_reuse(tmp_path):
         serve.stdout.close()  # type: ignore[union-attr]
     assert serve.returncode == 0
     assert not (tmp_path / "stairflow" / "server.json").exists()  # it cleaned up
+
+
+def test_a_batch_on_the_embedded_local_model_starts_it_once(tmp_path, monkeypatch):
+    import io
+    import tempfile
+
+    from stairflow._cli import main
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no `stairflow local` to reuse
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('"Why is the sky blue?"\n"Explain tides."\n"Name a tree."\n')
+    out, err = io.StringIO(), io.StringIO()
+    results = tmp_path / "r.jsonl"
+    code = main(["batch", "moa", str(prompts), "-o", str(results), "--max-tokens", "16",
+                 "--mode", "both"], out=out, err=err)
+    assert code == 0, err.getvalue()
+    text = err.getvalue()
+    assert text.count("[local model gemma-3-270m (a small base model)") == 1
+    # 4 slots, 4 llm nodes: one run at a time, each node on its own slot
+    assert "up to 1 runs at once" in text and "6 done, 0 failed" in text
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(rows) == 6 and all(r["output"].strip() and not r["simulated"] for r in rows)
+    assert all(r["cached_tokens"] >= 0 and r["llm_calls"] >= 4 for r in rows)
+    assert not list(tmp_path.glob("stairflow-llama-*"))  # the server it started is gone

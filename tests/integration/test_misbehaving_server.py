@@ -473,3 +473,39 @@ def test_warm_up_failing_does_not_stop_the_run_from_naming_the_node():
         trio.run(b.aclose)
     assert info.value.node in ("p1", "p2", "p3")
     assert "no such model; it serves other" in str(info.value)
+
+
+def test_a_batch_retries_a_run_the_server_cut_off_and_records_a_refusal(tmp_path):
+    # the first answer to "flaky" breaks mid-stream (transient: tried again); "refused" gets
+    # a 400 (not transient: recorded at once); the rest are answered
+    calls: list[str] = []
+
+    def answer(ex: Exchange) -> None:
+        text = json.dumps(ex.body)
+        calls.append(text)
+        if "refused" in text:
+            ex.json(400, {"error": {"message": "bad request"}})
+            return
+        ex.sse()
+        ex.token(" a")
+        if "flaky" in text and sum("flaky" in c for c in calls) == 1:
+            ex.cut()
+            return
+        ex.token("", "stop")
+        ex.done()
+
+    g = sf.Graph("one")
+    g.input("q")
+    g.llm("p", max_tokens=4)
+    g.connect("q", "p")
+    g.connect("p", g.output("out"))
+    out = tmp_path / "r.jsonl"
+    with fake_openai(answer) as fake:
+        summary = sf.run_batch(g, ["fine", "flaky", "refused"], out, base_url=fake.base_url,
+                               model="m", retries=2)
+    rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert (rows[1]["output"], rows[1]["attempts"]) == (" a", 1)
+    assert (rows[2]["output"], rows[2]["attempts"], rows[2]["error"]) == (" a", 2, None)
+    assert rows[3]["attempts"] == 1 and rows[3]["output"] is None
+    assert rows[3]["error"].startswith(f"node 'p' failed: {fake.base_url} (model 'm'): HTTP 400")
+    assert (summary.done, summary.failed, summary.retried) == (3, 1, 1)

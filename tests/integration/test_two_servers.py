@@ -144,3 +144,26 @@ def test_a_wrong_key_fails_naming_the_node_and_never_shows_the_key(servers, tmp_
     assert "SF_AGG_KEY" in result.stderr  # the hint names the variable, not its value
     for text in (result.stdout, result.stderr, trace.read_text()):
         assert wrong not in text and KEY not in text
+
+
+def test_a_batch_routes_each_node_to_its_server_and_sizes_itself_to_their_slots(servers,
+                                                                                 tmp_path):
+    proposers, aggregator = servers
+    graph = graph_file(tmp_path, proposers, aggregator)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('"Why is the sky blue?"\n{"id": "tides", "prompt": "Explain tides."}\n'
+                       '{"messages": [{"role": "user", "content": "Name a tree."}]}\n')
+    out = tmp_path / "r.jsonl"
+    env = {**os.environ, "SF_AGG_KEY": KEY,
+           "STAIRFLOW_LLAMA_SERVER": str(tmp_path / "no-llama-server")}
+    before = posts(proposers), posts(aggregator)
+    result = subprocess.run([EXE, "batch", str(graph), str(prompts), "-o", str(out)], env=env,
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr
+    # 3 slots for 3 proposers, 1 for the aggregator: one run at a time keeps every node pinned
+    assert "up to 1 runs at once" in result.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(str(r["id"]) for r in rows) == ["1", "3", "tides"]
+    assert all(r["error"] is None and r["output"].strip() and not r["simulated"] for r in rows)
+    assert posts(proposers) - before[0] >= 9 and posts(aggregator) - before[1] >= 3
+    assert KEY not in out.read_text() + result.stderr + result.stdout

@@ -5,6 +5,7 @@ retried; resumable after a cancel; the concurrency bound kept."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -216,6 +217,10 @@ def test_a_torn_last_line_is_cut_off_and_its_prompt_runs_again(tmp_path: Path):
      "p.jsonl:1: 'messages.0': the last message must be the user's"),
     ('  \n', "p.jsonl: no prompts"),
     ('7\n', "p.jsonl:1: a prompt is a JSON string or an object"),
+    ('{"id": ' + "1" * 5000 + ', "prompt": "x"}\n', "p.jsonl:1: not JSON"),
+    ("[" * 100_000 + "]" * 100_000 + "\n", "p.jsonl:1: not JSON (nested too deep)"),
+    ('{"id": "\\ud800", "prompt": "x"}\n', "p.jsonl:1: the id holds an unpaired surrogate"),
+    ('"a"\n{"id": 1, "prompt": "b"}\n', "id 1 repeats line 1's (its default id, the line number)"),
 ])
 def test_bad_prompts_are_refused_before_any_run_naming_the_line(tmp_path: Path, content: str,
                                                                 message: str):
@@ -225,7 +230,7 @@ def test_bad_prompts_are_refused_before_any_run_naming_the_line(tmp_path: Path, 
     with pytest.raises(sf.ConfigError) as e:
         sf.run_batch(chain(), p, out, virtual_clock=True)
     assert message in str(e.value) and str(p) in str(e.value) and "\n" not in str(e.value)
-    assert not out.exists() or out.read_text() == ""
+    assert not out.exists()  # nothing is created before the prompts are checked
 
 
 def test_a_results_file_of_another_graph_or_not_of_results_is_refused(tmp_path: Path):
@@ -254,3 +259,93 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path, kw: dict[str, Any], m
 def test_a_graph_name_instead_of_a_graph_says_how_to_load_it(tmp_path: Path):
     with pytest.raises(sf.ConfigError, match=r"sf.resolve_graph\('moa'\)"):
         sf.run_batch("moa", PROMPTS, tmp_path / "r.jsonl", virtual_clock=True)  # type: ignore[arg-type]
+
+
+def test_a_file_that_is_not_results_is_refused_and_left_byte_for_byte(tmp_path: Path):
+    for content in (b"my notes\nimportant last line", b'{"important": true}',
+                    b'{"id": 1, "mode": "staircase", "graph": "chain2"}\n\xff\xfe\n'):
+        other = tmp_path / "other.txt"
+        other.write_bytes(content)
+        with pytest.raises(sf.ConfigError, match="not a stairflow batch result"):
+            sf.run_batch(chain(), PROMPTS, other, virtual_clock=True)
+        assert other.read_bytes() == content
+
+
+def test_a_results_file_may_have_blank_lines_and_crlf_and_a_prompts_file_a_bom(tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_bytes(b'\xef\xbb\xbf"first"\r\n{"id": "a",\r"prompt": "x"}\n')
+    out = tmp_path / "r.jsonl"
+    sf.run_batch(chain(), p, out, virtual_clock=True)
+    out.write_text(out.read_text().replace("\n", "\r\n") + "\n")
+    s = sf.run_batch(chain(), p, out, virtual_clock=True)
+    assert (s.done, s.skipped) == (0, 2)
+
+
+def test_retry_failed_changes_nothing_until_the_prompts_pass_and_keeps_other_modes(
+        tmp_path: Path):
+    g = chain()
+    out = tmp_path / "r.jsonl"
+    sf.run_batch(g, PROMPTS, out, mode="both", backend=Failing(g, "tides", always=True),
+                 virtual_clock=True)
+    before = out.read_bytes()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('"a"\n{"prompt": \n')
+    with pytest.raises(sf.ConfigError, match="bad.jsonl:2: not JSON"):
+        sf.run_batch(g, bad, out, retry_failed=True, virtual_clock=True)
+    with pytest.raises(sf.ConfigError, match="a result of graph 'chain2', not 'moa'"):
+        sf.run_batch(sf.resolve_graph("moa"), PROMPTS, out, retry_failed=True,
+                     virtual_clock=True)
+    assert out.read_bytes() == before and not list(tmp_path.glob("*.tmp"))
+    out.chmod(0o600)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(out)
+    s = sf.run_batch(g, PROMPTS, link, mode="staircase", retry_failed=True,
+                     virtual_clock=True)
+    assert (s.done, s.failed) == (1, 0)  # tides, staircase: run again
+    got = {(r["id"], r["mode"]): r["error"] for r in lines(out)}
+    assert len(got) == 6 and got[("tides", "normal")] is not None  # not this run's: kept
+    assert got[("tides", "staircase")] is None
+    assert link.is_symlink() and (out.stat().st_mode & 0o777) == 0o600
+
+
+def test_a_second_batch_on_the_same_results_is_refused_while_the_first_runs(tmp_path):
+    out = tmp_path / "r.jsonl"
+
+    async def main() -> None:
+        async with sf.open_batch(chain(), PROMPTS, out, backend="sim") as batch:
+            with pytest.raises(sf.ConfigError, match="another batch is writing these results"):
+                async with sf.open_batch(chain(), PROMPTS, out, backend="sim"):
+                    pass
+            assert batch.done == 0
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert len(lines(out)) == 3
+
+
+def test_no_more_runs_at_once_than_prompts_to_run(tmp_path: Path):
+    s = sf.run_batch(chain(), PROMPTS, tmp_path / "r.jsonl", concurrency=10**9,
+                     virtual_clock=True)
+    assert s.concurrency == 3
+
+
+@pytest.mark.parametrize(("prompts", "results", "message"), [
+    ({"id": "x", "prompt": "Why?"}, "r.jsonl", "prompts=dict; give a JSON-lines file's path"),
+    (None, "r.jsonl", "prompts=NoneType"),
+    (b"Why?", "r.jsonl", "prompts=bytes"),
+    ("Why is the sky blue?", "r.jsonl", "no such file; to run one prompt, give a list"),
+    (["Why?"], None, "results=None; give the path"),
+    (["Why?"], "/dev/null", "/dev/null: not a regular file"),
+])
+def test_wrong_kinds_of_arguments_are_one_line_errors(tmp_path: Path, monkeypatch,
+                                                     prompts: Any, results: Any, message: str):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(sf.ConfigError, match=re.escape(message)):
+        sf.run_batch(chain(), prompts, results, virtual_clock=True)
+
+
+def test_run_batch_inside_trio_points_to_open_batch(tmp_path: Path):
+    async def main() -> None:
+        sf.run_batch(chain(), PROMPTS, tmp_path / "r.jsonl", virtual_clock=True)
+
+    with pytest.raises(sf.ConfigError, match=r"use `async with sf.open_batch"):
+        trio.run(main)
