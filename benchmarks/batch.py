@@ -2,7 +2,7 @@
 
     python benchmarks/batch.py memory            # 10,000 and 100,000 prompts, virtual time
     python benchmarks/batch.py ray               # 1, 2, 4 Ray workers against one process
-    python benchmarks/batch.py ray --prompts 400 --workers 1 2 4
+    python benchmarks/batch.py ray --prompts 1600 --workers 1 2 4
 
 Each batch is the ``stairflow batch`` command in a fresh process group; the memory figure is
 the peak of the summed resident memory of every process in it (sampled every 0.1 s: with Ray,
@@ -115,7 +115,7 @@ def main() -> None:
     m.add_argument("--prompts", type=int, nargs="+", default=[10_000, 100_000])
     m.add_argument("--max-tokens", type=int, default=32)
     r = sub.add_parser("ray")
-    r.add_argument("--prompts", type=int, default=400)
+    r.add_argument("--prompts", type=int, default=1600)
     r.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     r.add_argument("--per", type=int, default=32, help="prompts in flight per process/worker")
     a = ap.parse_args()

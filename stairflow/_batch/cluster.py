@@ -94,24 +94,29 @@ class Worker:
         return self.info
 
     def run(self, chunk: list[Job]) -> list[dict[str, Any]]:
-        """The chunk's results, run concurrently on this worker's loop."""
-        return trio.from_thread.run(self._run, chunk, trio_token=self._token)
-
-    async def _run(self, chunk: list[Job]) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = [{} for _ in chunk]
-
-        async def one(i: int, job: Job) -> None:
-            async with self._limit:
-                out[i] = await run_one(self.graphs[job.mode], job, self._backend, self.retries)
-
-        async with trio.open_nursery() as nursery:
-            for i, job in enumerate(chunk):
-                nursery.start_soon(one, i, job)
-        return out
+        """The chunk's results, run concurrently on this worker's loop (Ray calls this on
+        one of the actor's threads, several at once)."""
+        return trio.from_thread.run(_run_chunk, self, chunk, trio_token=self._token)
 
     def close(self) -> None:
         if self._token is not None and self._stop is not None:
             trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+
+
+async def _run_chunk(worker: Worker, chunk: list[Job]) -> list[dict[str, Any]]:
+    """A function, not a method: Ray makes an actor with any ``async def`` method an asyncio
+    actor, whose calls would all run on one event loop, one at a time."""
+    out: list[dict[str, Any]] = [{} for _ in chunk]
+
+    async def one(i: int, job: Job) -> None:
+        async with worker._limit:
+            out[i] = await run_one(worker.graphs[job.mode], job, worker._backend,
+                                   worker.retries)
+
+    async with trio.open_nursery() as nursery:
+        for i, job in enumerate(chunk):
+            nursery.start_soon(one, i, job)
+    return out
 
 
 def _ray() -> Any:
