@@ -141,3 +141,15 @@ def test_ray_local_starts_a_cluster_in_process_and_a_rerun_skips_everything(tmp_
         assert proc.returncode == 0, err
         assert (f"0 done, 0 failed, {N} skipped" if rerun else f"{N} done, 0 failed") in err
     assert sorted(ids(out)) == sorted(f"q{i}" for i in range(N))
+
+
+def test_the_worker_actor_has_no_coroutine_methods():
+    # Ray makes an actor with any `async def` method an asyncio actor, whose calls run one
+    # at a time on its event loop: a worker then ran one chunk at a time (a quarter of its
+    # capacity in benchmarks/batch.py ray)
+    import inspect
+
+    from stairflow._batch.cluster import Worker
+
+    assert not [name for name, f in inspect.getmembers(Worker, inspect.isfunction)
+                if inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)]

@@ -290,7 +290,7 @@ def test_retry_failed_changes_nothing_until_the_prompts_pass_and_keeps_other_mod
     before = out.read_bytes()
     bad = tmp_path / "bad.jsonl"
     bad.write_text('"a"\n{"prompt": \n')
-    with pytest.raises(sf.ConfigError, match="bad.jsonl:2: not JSON"):
+    with pytest.raises(sf.ConfigError, match=r"bad\.jsonl:2: not JSON"):
         sf.run_batch(g, bad, out, retry_failed=True, virtual_clock=True)
     with pytest.raises(sf.ConfigError, match="a result of graph 'chain2', not 'moa'"):
         sf.run_batch(sf.resolve_graph("moa"), PROMPTS, out, retry_failed=True,
