@@ -27,6 +27,7 @@ from .._backends.base import Backend, describe_backend
 from .._backends.redact import redact_data
 from .._backends.select import BackendChoice, EndpointOptions, open_backend
 from .._backends.sim import SimBackend
+from .._backends.slots import Slots
 from .._errors import BackendError, ConfigError, RunError, unwrap
 from .._graph import FrozenGraph, Graph, Mode
 from .._runtime.clock import is_virtual
@@ -191,7 +192,7 @@ def default_concurrency(backend: Backend, graph: FrozenGraph) -> int:
     `ENDPOINT_CONCURRENCY` on other servers."""
     if describe_backend(backend).simulated:
         return SIM_CONCURRENCY
-    slots: Mapping[str, Any] = getattr(backend, "slots", {})
+    slots: Mapping[str, Slots | None] = getattr(backend, "slots", {})
     endpoint_for = getattr(backend, "endpoint_for", None)
     nodes = graph.llm_nodes()
     if not nodes or not callable(endpoint_for):
@@ -200,7 +201,7 @@ def default_concurrency(backend: Backend, graph: FrozenGraph) -> int:
     for n in nodes:
         url = endpoint_for(n.name, n.model).base_url
         per_url[url] = per_url.get(url, 0) + 1
-    fits = [slots[u].total // k for u, k in per_url.items() if slots.get(u) is not None]
+    fits = [held.n // k for u, k in per_url.items() if (held := slots.get(u)) is not None]
     return max(1, min(fits)) if fits else ENDPOINT_CONCURRENCY
 
 
