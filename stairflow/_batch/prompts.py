@@ -26,7 +26,7 @@ from .._errors import ConfigError
 __all__ = ["Prompt", "PromptSource", "check_prompts", "id_key", "read_prompts"]
 
 PromptSource = str | os.PathLike[str] | Iterable[str | Mapping[str, Any]]
-_FIELDS = {"id", "prompt", "messages"}
+_FIELDS = {"id", "prompt", "messages", "category"}  # category: for `stairflow eval`
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class Prompt:
     message: str  # the graph's input message
     line: int
     default_id: bool = False  # the id is the line number: the line gave none
+    category: str | None = None  # for per-category figures (`stairflow eval`)
 
 
 def id_key(value: object) -> str:
@@ -96,7 +97,9 @@ def _message(value: Any, at: str) -> tuple[object, str]:
         unknown = sorted(set(value) - _FIELDS)
         if unknown:
             raise ConfigError(f"{at}: unknown field {unknown[0]!r}; a prompt has \"prompt\" "
-                              "or \"messages\", and optionally \"id\"")
+                              "or \"messages\", and optionally \"id\" and \"category\"")
+        if not isinstance(value.get("category", ""), str):
+            raise ConfigError(f"{at}: \"category\" must be a string")
         given = value.get("id")
         if given is not None and (isinstance(given, bool) or not isinstance(given, str | int)):
             raise ConfigError(f"{at}: \"id\" must be a string or an integer, got "
@@ -145,8 +148,9 @@ def read_prompts(source: PromptSource) -> Iterator[Prompt]:
     where = _where(source)
     for n, value in _values(source):
         given, text = _message(value, f"{where}:{n}")
+        category = value.get("category") if isinstance(value, Mapping) else None
         yield Prompt(n if given is None else given, text, n,  # type: ignore[arg-type]
-                     given is None)
+                     given is None, category)
 
 
 def check_prompts(source: PromptSource, each: Callable[[Prompt], None] | None = None) -> int:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from .._errors import ConfigError, RunError, StairflowError
-from . import batch, bench, graphs, local, run, serve, trace
+from . import batch, bench, eval, graphs, local, run, serve, trace
 from .common import Parser
 
 __all__ = ["main"]
@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_parser(sub)
     bench.add_parser(sub)
     batch.add_parser(sub)
+    eval.add_parser(sub)
     graphs.add_parsers(sub)
     local.add_parsers(sub)
     serve.add_parser(sub)
