@@ -11,7 +11,7 @@ import json
 from typing import Any, TextIO
 
 from .._batch.runner import BatchSummary
-from .._eval.run import run_eval
+from .._eval.run import BUILTIN_PROMPTS, run_eval
 from .._graphfile import resolve_graph
 from .common import GRAPH_HELP
 from .run import add_backend_options, backend_choice
@@ -28,9 +28,10 @@ def add_parser(sub: Any) -> None:
                     "rate, its 95%% bootstrap interval and the length-controlled win rate to "
                     "DIR/report.json and DIR/report.md. Running it again resumes.")
     e.add_argument("graph", help=GRAPH_HELP)
-    e.add_argument("--prompts", required=True, metavar="FILE",
+    e.add_argument("--prompts", default="builtin", metavar="FILE",
                    help="the prompts: a JSON-lines file as for 'stairflow batch' (an "
-                        "optional \"category\" per prompt gives per-category figures)")
+                        "optional \"category\" per prompt gives per-category figures); "
+                        "default: 60 short instructions over six categories, shipped")
     e.add_argument("-o", "--output", required=True, metavar="DIR",
                    help="the directory for answers, judgments and the report")
     e.add_argument("--judge-base-url", required=True, metavar="URL",
@@ -44,6 +45,8 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--concurrency", type=int, metavar="N", help="answer runs at once")
     e.add_argument("--judge-concurrency", type=int, metavar="N",
                    help="judge requests at once (default: 16)")
+    e.add_argument("--judge-max-tokens", type=int, default=1024, metavar="N",
+                   help="the longest judgment (default 1024)")
     e.add_argument("--retries", type=int, default=2, metavar="N",
                    help="retries after a transient backend error (default 2)")
     add_backend_options(e)
@@ -63,10 +66,12 @@ def _eval(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> 
         print(f"eval {name}: {s.done} done, {s.failed} failed, {s.skipped} in "
               f"{s.results} already", file=err, flush=True)
 
-    report = run_eval(graph, args.prompts, args.output, judge_base_url=args.judge_base_url,
+    prompts = BUILTIN_PROMPTS if args.prompts == "builtin" else args.prompts
+    report = run_eval(graph, prompts, args.output, judge_base_url=args.judge_base_url,
                       judge_model=args.judge_model, judge_api_key_env=args.judge_api_key_env,
                       against=against, backend=choice, concurrency=args.concurrency,
-                      judge_concurrency=args.judge_concurrency, retries=args.retries,
+                      judge_concurrency=args.judge_concurrency,
+                      judge_max_tokens=args.judge_max_tokens, retries=args.retries,
                       virtual_clock=args.virtual_clock, on_stage=stage, **options)
     if args.json:
         print(json.dumps(report, indent=2), file=out)

@@ -27,8 +27,11 @@ from .._graph import FrozenGraph, Graph
 from .judge import JUDGE_SYSTEM, judge_messages, outcome, parse_verdict
 from .stats import Interval, bootstrap, length_controlled, win_rate
 
-__all__ = ["judge_graph", "run_eval"]
+__all__ = ["BUILTIN_PROMPTS", "judge_graph", "run_eval"]
 
+# 60 short instructions of our own over six categories (facts, reasoning, math, writing,
+# coding, advice), so that an evaluation runs offline
+BUILTIN_PROMPTS = Path(__file__).with_name("instructions.jsonl")
 ORDERS = ("ab", "ba")  # ours as A, then ours as B
 
 
@@ -68,6 +71,7 @@ def run_eval(
     backend: str | Backend | None = None,
     concurrency: int | None = None,
     judge_concurrency: int | None = None,
+    judge_max_tokens: int = 1024,
     retries: int = 2,
     virtual_clock: bool = False,
     on_stage: Callable[[str, BatchSummary], None] | None = None,
@@ -81,7 +85,7 @@ def run_eval(
     out.mkdir(parents=True, exist_ok=True)
     if not isinstance(prompts, str | os.PathLike):
         prompts = list(prompts)
-    judge = judge_graph(judge_base_url, judge_model, judge_api_key_env)
+    judge = judge_graph(judge_base_url, judge_model, judge_api_key_env, judge_max_tokens)
 
     def stage(name: str, summary: BatchSummary) -> None:
         if on_stage is not None:

@@ -106,3 +106,15 @@ def test_judge_errors_are_counted_and_a_rerun_judges_them_and_nothing_else(tmp_p
         code, report, err = evaluate(tmp_path, fake.base_url)
         assert len(fake.posts()) == 2 * N  # resumed: nothing asked again
     assert report["judged"] == N and report["judge_errors"] == 0
+
+
+def test_the_shipped_prompts_run_by_default_with_their_categories(tmp_path):
+    out, err = io.StringIO(), io.StringIO()
+    with fake_openai(stream("[[C]]")) as fake:
+        code = main(["eval", "chain", "-o", str(tmp_path / "eval"), "--judge-base-url",
+                     fake.base_url, "--judge-model", "m", "--virtual-clock", "--max-tokens",
+                     "8", "--json"], out=out, err=err, stdin=io.StringIO())
+    assert code == 0, err.getvalue()
+    report = json.loads(out.getvalue())
+    assert report["judged"] == 60 and set(report["categories"]) == {
+        "facts", "reasoning", "math", "writing", "coding", "advice"}
