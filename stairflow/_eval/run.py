@@ -165,6 +165,13 @@ def _report(out: Path, pairs: list[Any], first: Mapping[str, Any], second: Mappi
     cats: list[str | None] = []
     inconsistent = unparsable = judge_errors = 0
     ttft: tuple[list[float], list[float]] = ([], [])
+    all_len: tuple[list[int], list[int]] = ([], [])
+    for _, _, _, ours, theirs in pairs:  # the sides' figures: every pair answered
+        for side, r in zip(ttft, (ours, theirs), strict=True):
+            if r["ttft_s"] is not None:
+                side.append(r["ttft_s"])
+        all_len[0].append(ours["output_tokens"])
+        all_len[1].append(theirs["output_tokens"])
     for key, _, category, ours, theirs in pairs:
         rows = [first.get(f"{key}#{o}") for o in ORDERS]
         if any(r is None or r["error"] is not None for r in rows):
@@ -180,9 +187,6 @@ def _report(out: Path, pairs: list[Any], first: Mapping[str, Any], second: Mappi
         ours_len.append(ours["output_tokens"])
         theirs_len.append(theirs["output_tokens"])
         cats.append(category)
-        for side, r in zip(ttft, (ours, theirs), strict=True):
-            if r["ttft_s"] is not None:
-                side.append(r["ttft_s"])
 
     def wr(ix: Iterable[int]) -> float:
         return win_rate([scores[i] for i in ix])
@@ -206,7 +210,7 @@ def _report(out: Path, pairs: list[Any], first: Mapping[str, Any], second: Mappi
         "answer_errors": failed_answers,
         "win_rate": interval(bootstrap(wr, judged)),
         "length_controlled_win_rate": interval(bootstrap(lc, judged)),
-        "length_tokens": {labels[0]: _mean(ours_len), labels[1]: _mean(theirs_len)},
+        "length_tokens": {labels[0]: _mean(all_len[0]), labels[1]: _mean(all_len[1])},
         "ttft_s_median": {labels[0]: _median(ttft[0]), labels[1]: _median(ttft[1])},
         "judge_tokens": {"prompt": sum(r["prompt_tokens"] for r in judge_rows),
                          "completion": sum(r["completion_tokens"] for r in judge_rows),
