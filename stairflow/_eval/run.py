@@ -25,6 +25,7 @@ from .._batch.runner import BatchSummary, run_batch
 from .._errors import ConfigError
 from .._graph import FrozenGraph, Graph
 from .judge import JUDGE_SYSTEM, judge_messages, outcome, parse_verdict
+from .questions import load_questions
 from .stats import Interval, bootstrap, length_controlled, win_rate
 
 __all__ = ["BUILTIN_PROMPTS", "judge_graph", "run_eval"]
@@ -83,6 +84,7 @@ def run_eval(
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: not a directory; give a directory for the evaluation")
     out.mkdir(parents=True, exist_ok=True)
+    prompts = load_questions(prompts)  # AlpacaEval, Arena-Hard, MT-Bench files too
     if not isinstance(prompts, str | os.PathLike):
         prompts = list(prompts)
     judge = judge_graph(judge_base_url, judge_model, judge_api_key_env, judge_max_tokens)
