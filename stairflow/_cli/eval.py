@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .._batch.runner import BatchSummary
 from .._eval.run import BUILTIN_PROMPTS, run_eval
@@ -62,17 +66,36 @@ def _eval(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> 
         against = against.capped(args.max_tokens) if against is not None else None
     choice, options = backend_choice(args)
 
+    console = Console(file=err, stderr=True)
+    progress = Progress(TextColumn("[bold]eval {task.description}"), BarColumn(),
+                        TextColumn("{task.completed} done, {task.fields[failed]} failed"),
+                        TimeElapsedColumn(), console=console,
+                        disable=not console.is_terminal, transient=True)
+    tasks: dict[str, Any] = {}
+    failed: dict[str, int] = {}
+
+    def each(name: str, record: Mapping[str, Any]) -> None:
+        if name not in tasks:
+            tasks[name] = progress.add_task(name, total=None, failed=0)
+        failed[name] = failed.get(name, 0) + (record["error"] is not None)
+        progress.update(tasks[name], advance=1, failed=failed[name])
+
     def stage(name: str, s: BatchSummary) -> None:
+        if name in tasks:
+            progress.remove_task(tasks.pop(name))
         print(f"eval {name}: {s.done} done, {s.failed} failed, {s.skipped} in "
               f"{s.results} already", file=err, flush=True)
 
     prompts = BUILTIN_PROMPTS if args.prompts == "builtin" else args.prompts
-    report = run_eval(graph, prompts, args.output, judge_base_url=args.judge_base_url,
-                      judge_model=args.judge_model, judge_api_key_env=args.judge_api_key_env,
-                      against=against, backend=choice, concurrency=args.concurrency,
-                      judge_concurrency=args.judge_concurrency,
-                      judge_max_tokens=args.judge_max_tokens, retries=args.retries,
-                      virtual_clock=args.virtual_clock, on_stage=stage, **options)
+    with progress:
+        report = run_eval(graph, prompts, args.output, judge_base_url=args.judge_base_url,
+                          judge_model=args.judge_model,
+                          judge_api_key_env=args.judge_api_key_env, against=against,
+                          backend=choice, concurrency=args.concurrency,
+                          judge_concurrency=args.judge_concurrency,
+                          judge_max_tokens=args.judge_max_tokens, retries=args.retries,
+                          virtual_clock=args.virtual_clock, on_stage=stage, on_result=each,
+                          **options)
     if args.json:
         print(json.dumps(report, indent=2), file=out)
     else:

@@ -76,6 +76,7 @@ def run_eval(
     retries: int = 2,
     virtual_clock: bool = False,
     on_stage: Callable[[str, BatchSummary], None] | None = None,
+    on_result: Callable[[str, Mapping[str, Any]], None] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Evaluate ``graph`` in staircase mode against normal mode (or against ``against``, in
@@ -93,18 +94,27 @@ def run_eval(
         if on_stage is not None:
             on_stage(name, summary)
 
+    def each(name: str) -> Callable[[Mapping[str, Any]], None] | None:
+        if on_result is None:
+            return None
+        report = on_result
+        return lambda record: report(name, record)
+
     common: dict[str, Any] = dict(backend=backend, concurrency=concurrency, retries=retries,
                                   virtual_clock=virtual_clock, **options)
     answers = out / "answers.jsonl"
     if against is None:
-        stage("answers", run_batch(graph, prompts, answers, mode="both", **common))
+        stage("answers", run_batch(graph, prompts, answers, mode="both",
+                                   on_result=each("answers"), **common))
         ours_of = {(id_key(r["id"])): r for r in _records(answers) if r["mode"] == "staircase"}
         theirs_of = {(id_key(r["id"])): r for r in _records(answers) if r["mode"] == "normal"}
         labels = ("staircase", "normal")
     else:
         other = out / "answers-against.jsonl"
-        stage("answers", run_batch(graph, prompts, answers, mode="staircase", **common))
-        stage("against", run_batch(against, prompts, other, mode="staircase", **common))
+        stage("answers", run_batch(graph, prompts, answers, mode="staircase",
+                                   on_result=each("answers"), **common))
+        stage("against", run_batch(against, prompts, other, mode="staircase",
+                                   on_result=each("against"), **common))
         ours_of = {id_key(r["id"]): r for r in _records(answers)}
         theirs_of = {id_key(r["id"]): r for r in _records(other)}
         name = against.name if isinstance(against, FrozenGraph) else against.build().name
@@ -136,7 +146,7 @@ def run_eval(
     if pairs:
         stage("judge", run_batch(judge, asks(None, ""), verdicts_file, mode="normal",
                                  concurrency=judge_concurrency, retries=retries,
-                                 retry_failed=True))
+                                 retry_failed=True, on_result=each("judge")))
     first = {r["id"]: r for r in _records(verdicts_file)}
     unclear = {k for k, r in first.items() if r["error"] is None
                and parse_verdict(r["output"] or "") is None}
@@ -144,7 +154,8 @@ def run_eval(
     if unclear:
         stage("judge again", run_batch(judge, asks(unclear, "#again"), again_file,
                                        mode="normal", concurrency=judge_concurrency,
-                                       retries=retries, retry_failed=True))
+                                       retries=retries, retry_failed=True,
+                                       on_result=each("judge again")))
     second = {r["id"].removesuffix("#again"): r for r in _records(again_file)}
     return _report(out, pairs, first, second, labels, failed_answers, len(items))
 
