@@ -207,7 +207,8 @@ class FnSettings(TypedDict, total=False):
 class GraphSettings(TypedDict, total=False):
     """The graph's own settings (``Graph(...)``, a graph file's top level)."""
 
-    name: Annotated[str, _TEXT]
+    # a graph's name is its model name under `stairflow serve`: "" could never be called
+    name: Annotated[str, Field(min_length=1, pattern=r"\S"), Fix("use a non-empty string")]
     description: Annotated[str, _TEXT]
     default_input: Annotated[str | None, _TEXT]
     edge_buffer: Annotated[Count, Fix("use a whole number >= 1")]

@@ -8,7 +8,9 @@ endpoint, else ``--base-url``/``--model``, else the local model; ``--virtual-clo
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,6 +29,7 @@ from .._graphfile import resolve_graph
 from .._metrics import Report
 from .._runtime.run import Run, open_run
 from .._settings import parse_sim
+from .._timeline import FORMATS
 from .common import GRAPH_HELP
 from .trace import TRACE_FORMATS, draw_picture, write_trace
 
@@ -147,6 +150,24 @@ def _check_trace_path(path: str | None) -> Path | None:
     return p
 
 
+def _check_timeline_path(path: str | None) -> None:
+    """Find a --timeline that cannot be drawn now, not after the run has spent its tokens."""
+    if path is None:
+        return
+    target = Path(path)
+    fmt = target.suffix.lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise ConfigError(f"--timeline {path}: cannot draw a timeline to "
+                          f"{fmt or 'a file without a suffix'!r}; use one of "
+                          f"{', '.join(FORMATS)}")
+    parent = target.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ConfigError(f"--timeline {path}: cannot write there; give a file in an existing "
+                          "directory you can write to")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ConfigError("--timeline needs matplotlib: pip install 'stairflow[plot]'")
+
+
 def banner(name: str, simulated: bool, virtual: bool) -> str:
     if simulated:
         clock = "virtual clock" if virtual else "real time"
@@ -200,6 +221,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> i
     prompt = prompt_of(args.prompt, graph, args.graph, stdin)
     choice, options = backend_choice(args)
     trace_path = _check_trace_path(args.trace)
+    _check_timeline_path(args.timeline)
     stream = not args.json
     runs: list[Run] = []
 

@@ -168,6 +168,9 @@ class App:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"the request body is not valid JSON ({exc})",
                            code="invalid_json") from None
+        except ValueError as exc:  # e.g. an integer of over 4,300 digits
+            raise ApiError(400, f"the request body is not valid JSON ({str(exc)[:80]})",
+                           code="invalid_json") from None
         except RecursionError:
             raise ApiError(400, "the request body nests too deeply", code="invalid_json") from None
         try:

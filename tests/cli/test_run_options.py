@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import stairflow as sf
 from tests.cli.test_cli import cli, failing_graph
 
 EXE = str(Path(sys.executable).with_name("stairflow"))
@@ -316,3 +317,24 @@ def test_no_file_points_at_a_design_document_outside_the_repository():
     for path in [*root.glob("stairflow/**/*.py"), *root.glob("tests/**/*.py")]:
         if path != Path(__file__).resolve():
             assert "DESIGN.md" not in path.read_text(), path
+
+
+@pytest.mark.parametrize(("path", "says"), [
+    ("{tmp}/no-such-dir/t.png", "cannot write there"),
+    ("{tmp}/t.txt", "cannot draw a timeline to 'txt'"),
+])
+def test_a_bad_timeline_path_fails_before_the_run_spends_anything(tmp_path, path, says):
+    code, out, err = cli("run", "moa", "--virtual-clock", "--timeline",
+                         path.format(tmp=tmp_path))
+    assert code == 2 and says in err and err.count("\n") == 1
+    assert out == ""  # no answer was streamed: the run never started
+
+
+def test_a_graph_named_nothing_is_refused():
+    g = sf.Graph("")
+    g.input("q")
+    g.llm("a")
+    g.connect("q", "a")
+    g.connect("a", g.output("out"))
+    with pytest.raises(sf.GraphError, match="name=''; use a non-empty string"):
+        g.build()

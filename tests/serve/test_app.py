@@ -260,6 +260,8 @@ def test_a_model_failing_mid_stream_is_an_error_not_a_short_answer():
         ({**ASK, "messages": ASK["messages"] * 300}, 400, None, "at most 256"),
         ({**ASK, "model": "gpt-4"}, 404, "model_not_found", "'gpt-4' does not exist"),
         (b"[" * 100_000 + b"]" * 100_000, 400, "invalid_json", "nests too deeply"),
+        (b'{"model": "moa", "n": ' + b"1" * 5000 + b"}", 400, "invalid_json",
+         "not valid JSON (Exceeds the limit"),
         ({**ASK, "messages": [{"role": "user", "content": "hi \ud800"}]}, 400, None,
          "unpaired surrogate"),
         ({**ASK, "messages": [{"role": "user", "content": [

@@ -282,7 +282,7 @@ def test_fn_modules_with_dotted_names_and_attributes(tmp_path):
          "graph 'mini': edge from=[]; use a node name or a non-empty list of node names"),
         (('name = "mini"', 'name = "mini"\nnodez = 1'),
          "graph 'mini': unknown field 'nodez'; did you mean 'nodes'?"),
-        (('name = "mini"', 'name = 5'), "graph 5: name=5; use a string"),
+        (('name = "mini"', 'name = 5'), "graph 5: name=5; use a non-empty string"),
         (('[defaults]\nmax_tokens = 64', '[defaults]\nsim = 5'),
          "graph 'mini': defaults.sim=5; use a table of simulated timings: latency_s, prefill_tps, "
          "decode_tps, output_tokens, seed, cache"),

@@ -274,7 +274,7 @@ def test_wrong_types_in_the_python_api_are_graph_errors():
     assert str(info.value) == "graph 't': defaults=5; use a table of llm node settings"
     with pytest.raises(sf.GraphError) as info:
         sf.Graph(5).build()  # type: ignore[arg-type]
-    assert str(info.value) == "graph 5: name=5; use a string"
+    assert str(info.value) == "graph 5: name=5; use a non-empty string"
     g = sf.Graph("t")
     g.input("q")
     g.fn("f", None)  # type: ignore[arg-type]
