@@ -99,6 +99,8 @@ class App:
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> tuple[int, str]:
         method, path = scope["method"], scope["path"].rstrip("/")
+        if method == "HEAD" and (path == "/health" or path.startswith("/v1/models")):
+            method, send = "GET", _headless(send)  # a GET's status and headers, no body
         if path == "/health":
             _allow(method, "GET")
             await _json(send, 200, {"status": "ok", "models": sorted(self.graphs),
@@ -184,8 +186,10 @@ class App:
                                 f"takes at most {self.limits.max_messages}", param="messages")
         cap = request.answer_cap
         if cap is not None and cap > self.limits.max_answer_tokens:
-            raise ApiError(400, f"'max_tokens': {cap}; this server allows at most "
-                                f"{self.limits.max_answer_tokens}", param="max_tokens")
+            field = ("max_completion_tokens" if request.max_completion_tokens is not None
+                     else "max_tokens")  # the one the client sent (it takes precedence)
+            raise ApiError(400, f"'{field}': {cap}; this server allows at most "
+                                f"{self.limits.max_answer_tokens}", param=field)
         return request
 
     def _served(self, model: str) -> tuple[str, Served]:
@@ -390,6 +394,15 @@ def _usage(answer: _Answer, report: Report | None) -> dict[str, Any]:
 
 def _id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def _headless(send: Send) -> Send:
+    """``send`` for a HEAD request: the response's start as it is, its body dropped."""
+    async def headless(message: Any) -> None:
+        if message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+    return headless
 
 
 def _allow(method: str, allowed: str) -> None:

@@ -93,8 +93,10 @@ def from_validation(exc: ValidationError) -> ApiError:
         message = "a required parameter is missing"
     elif first["type"].endswith("_type") or first["type"] == "literal_error":
         if len({".".join(str(p) for p in e["loc"] if _is_field(p)) for e in errors}) == 1 \
-                and len(errors) > 1:  # a union: the value fits none of its shapes
+                and len(errors) > 1 and where.endswith("content"):  # none of its shapes
             message = "Input should be a string or a list of text parts"
+        elif len(errors) > 1 and where == "temperature":
+            message = "Input should be a number"
         message = f"{message} (got {_short(first.get('input'))})"
     return ApiError(400, f"'{where}': {message}" if where else message, param=where or None)
 

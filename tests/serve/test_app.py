@@ -257,6 +257,10 @@ def test_a_model_failing_mid_stream_is_an_error_not_a_short_answer():
         ({**ASK, "messages": [{"role": "assistant", "content": "hi"}]}, 400, None,
          "must be the user's"),
         ({**ASK, "max_tokens": 5000}, 400, None, "at most 4096"),
+        ({**ASK, "max_completion_tokens": 5000}, 400, None,
+         "'max_completion_tokens': 5000; this server allows at most 4096"),
+        ({**ASK, "temperature": "0.5"}, 400, None,
+         "'temperature': Input should be a number (got '0.5')"),
         ({**ASK, "messages": ASK["messages"] * 300}, 400, None, "at most 256"),
         ({**ASK, "model": "gpt-4"}, 404, "model_not_found", "'gpt-4' does not exist"),
         (b"[" * 100_000 + b"]" * 100_000, 400, "invalid_json", "nests too deeply"),
@@ -300,11 +304,16 @@ def test_keys_routes_and_methods():
             await call(app, "GET", "/v1/chat/completions", headers=(key,)),
             await call(app, "GET", "/elsewhere"),
             await call(app, "POST", "/v1/chat/completions", ASK, headers=(key,)),
+            await call(app, "HEAD", "/health"),
+            await call(app, "HEAD", "/v1/chat/completions", headers=(key,)),
         ]
 
     lines: list[str] = []
     (no_key, wrong, models_no_key, health, models, one, nope, method, route,
-     ok) = serve(go, api_key="s3cret", log=lines.append)
+     ok, head, head_post) = serve(go, api_key="s3cret", log=lines.append)
+    assert head.status == 200 and head.body == b""  # HEAD: a GET without its body
+    assert head.headers[b"content-length"] == health.headers[b"content-length"]
+    assert head_post.status == 405
     assert no_key.status == wrong.status == models_no_key.status == 401
     assert wrong.json()["error"]["code"] == "invalid_api_key"
     assert "s3cret" not in wrong.body.decode() and "wrong" not in wrong.body.decode()
@@ -315,7 +324,7 @@ def test_keys_routes_and_methods():
     assert route.status == 404
     assert ok.status == 200
     # one line per request, without the key or the conversation
-    assert len(lines) == 10 and not any("s3cret" in x or "sky" in x for x in lines)
+    assert len(lines) == 12 and not any("s3cret" in x or "sky" in x for x in lines)
 
 
 def test_past_the_limit_of_runs_at_once_a_request_gets_429():
