@@ -71,6 +71,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+ErrorListener = Callable[[str, str], None]  # (base URL, kind of failure)
 
 
 def rates_file() -> Path:
@@ -201,16 +202,23 @@ class _Call:
     secrets: tuple[str, ...]
     retries: int = 0  # taken so far
     pinned: int | None = None  # the llama.cpp slot it is sent to (see slots.py)
+    listeners: tuple[ErrorListener, ...] = ()  # told of each failure (`error_listeners`)
 
-    def fail(self, message: str, *, transient: bool = False) -> BackendError:
+    def note(self, kind: str) -> None:
+        """Tell the listeners of a failed attempt: the base URL and the kind of failure."""
+        for listener in self.listeners:
+            listener(self.ep.base_url, kind)
+
+    def fail(self, message: str, *, transient: bool = False, kind: str = "other") -> BackendError:
         """The node's error: one line, naming endpoint and model, with no key in it."""
+        self.note(kind)
         text = one_line(redact(f"{self.ep.describe()}: {message}", self.secrets))
         return BackendError(self.node, text, transient=transient)
 
     def late(self) -> BackendError:
         return self.fail(f"no complete answer within timeout_s = {self.ep.timeout_s:g} s; raise "
                          "timeout_s (in the graph file, or --timeout on the command line) or "
-                         "check the server", transient=True)
+                         "check the server", transient=True, kind="deadline")
 
     def server_text(self, text: str) -> str:
         """Text the server sent, fit for a message: keys out first, then cut short."""
@@ -227,26 +235,46 @@ class _Call:
             detail = self.server_text(_status_detail(exc))
             return self.fail(f"HTTP {exc.status_code}{tried}{' ' + detail if detail else ''}"
                              f"{hint}", transient=exc.status_code in RETRY_STATUS
-                             or exc.status_code >= 500)
+                             or exc.status_code >= 500, kind=error_kind(exc, phase))
         if isinstance(exc, openai.APITimeoutError):
             return self.fail(f"the server sent nothing for {self.ep.wait_s():g} s {phase} "
-                             "(read_timeout_s); check the server", transient=True)
+                             "(read_timeout_s); check the server", transient=True,
+                             kind="read_timeout")
         if isinstance(exc, openai.APIConnectionError):
             if phase == "mid-answer":
                 return self.fail("the connection broke mid-answer; did the server stop?",
-                                 transient=True)
-            return self.fail(f"cannot connect{tried}; is the server running?", transient=True)
+                                 transient=True, kind="broken")
+            return self.fail(f"cannot connect{tried}; is the server running?", transient=True,
+                             kind="connect")
         if isinstance(exc, openai.APIError):  # an error event in the stream
             return self.fail(f"the server reported an error {phase}: "
-                             f"{self.server_text(exc.message)}", transient=True)
+                             f"{self.server_text(exc.message)}", transient=True,
+                             kind="stream_error")
         if isinstance(exc, ValueError):  # json.JSONDecodeError and the like
             # the start of the bad data helps; keys out before it is cut short
             seen = (f" in {redact(exc.doc, self.secrets)[:60]!r}"
                     if isinstance(exc, json.JSONDecodeError) else "")
             return self.fail(f"malformed data from the server {phase} "
                              f"({self.server_text(f'{type(exc).__name__}: {exc}{seen}')}); "
-                             "is this an OpenAI-compatible endpoint?")
+                             "is this an OpenAI-compatible endpoint?", kind="malformed")
         return self.fail(f"failed {phase}: {self.server_text(f'{type(exc).__name__}: {exc}')}")
+
+
+def error_kind(exc: Exception, phase: Phase = "before the answer began") -> str:
+    """The kind of a failed attempt, for the listeners (a bounded set of names: see
+    `stairflow._serve.metrics.UPSTREAM_KINDS`)."""
+    if isinstance(exc, openai.APIStatusError):
+        code = exc.status_code
+        if code in (401, 403, 404, 429):
+            return f"http_{code}"
+        return "http_5xx" if code >= 500 else "http_4xx"
+    if isinstance(exc, openai.APITimeoutError):
+        return "read_timeout"
+    if isinstance(exc, openai.APIConnectionError):
+        return "broken" if phase == "mid-answer" else "connect"
+    if isinstance(exc, openai.APIError):
+        return "stream_error"
+    return "malformed" if isinstance(exc, ValueError) else "other"
 
 
 def _status_detail(exc: openai.APIStatusError) -> str:
@@ -295,7 +323,8 @@ class _Stream:
                 except StopAsyncIteration:
                     if self.finish_reason is None:
                         raise self._call.fail("the stream ended without a finish reason "
-                                              "(connection cut mid-answer?)") from None
+                                              "(connection cut mid-answer?)",
+                                              kind="no_finish_reason") from None
                     raise
                 except Exception as exc:  # whatever breaks mid-stream, name the endpoint
                     raise self._call.error(exc, "mid-answer") from None
@@ -346,7 +375,8 @@ class _Stream:
         shown = self._call.server_text(repr(reason))
         raise self._call.fail(f"the endpoint ended the answer with finish_reason {shown}; "
                               "stairflow continues only answers cut by the length limit "
-                              "(on_error = \"drop\" lets the run go on without this node)")
+                              "(on_error = \"drop\" lets the run go on without this node)",
+                              kind="finish_reason")
 
     async def aclose(self) -> None:
         aclose = getattr(self._chunks, "aclose", None)
@@ -388,6 +418,9 @@ class OpenAIBackend:
         self.slots: dict[str, Slots | None] = {}
         self._pin = pin_slots
         self.active = 0
+        # called with (base URL, kind) at each failed attempt on an endpoint, retried or not
+        # (`stairflow serve` counts them for its metrics); kinds as `error_kind` names them
+        self.error_listeners: list[ErrorListener] = []
 
     def secret_values(self) -> tuple[str, ...]:
         """The API keys in use (read from each endpoint's ``api_key_env``) and the
@@ -479,7 +512,8 @@ class OpenAIBackend:
                 nursery.start_soon(self._warm_models, ep)
 
     async def _warm_models(self, ep: Endpoint) -> None:
-        call = _Call("", ep, trio.current_time() + ep.timeout_s, self.secret_values())
+        call = _Call("", ep, trio.current_time() + ep.timeout_s, self.secret_values(),
+                     listeners=tuple(self.error_listeners))
         with suppress(openai.OpenAIError, BackendError, ConfigError):
             await self._list_models(self._client(ep), call)
 
@@ -505,7 +539,8 @@ class OpenAIBackend:
     async def open_stream(self, request: Request) -> AsyncIterator[_Stream]:
         ep = self.endpoint_for(request.node, request.model)
         sent = trio.current_time()
-        call = _Call(request.node, ep, sent + ep.timeout_s, self.secret_values())
+        call = _Call(request.node, ep, sent + ep.timeout_s, self.secret_values(),
+                     listeners=tuple(self.error_listeners))
         try:
             client = self._client(ep)
         except ConfigError as exc:
@@ -594,12 +629,14 @@ class OpenAIBackend:
                 delay = self._retry_delay(call, retry, _retry_after(exc))
                 if delay is None:
                     raise
+                call.note(error_kind(exc))  # retried: the last attempt's error notes its own
             except openai.APITimeoutError:
                 raise  # a server that does not answer in time will not answer a retry sooner
-            except openai.APIConnectionError:
+            except openai.APIConnectionError as exc:
                 delay = self._retry_delay(call, True, None)
                 if delay is None:
                     raise
+                call.note(error_kind(exc))
             await trio.sleep(delay)
             call.retries += 1
 
@@ -655,4 +692,4 @@ class OpenAIBackend:
         if known is not None and ep.model not in known:
             shown = ", ".join(sorted(known)[:5]) + (" ..." if len(known) > 5 else "")
             raise call.fail(f"the server has no such model; it serves "
-                            f"{call.server_text(shown)}")
+                            f"{call.server_text(shown)}", kind="no_such_model")

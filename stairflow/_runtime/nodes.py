@@ -263,9 +263,23 @@ async def run_fn(run: Run, node: FnNode) -> None:
         except SystemExit as exc:  # would end the whole program, silently
             raise NodeError(node.name, f"called sys.exit({exc.code!r}); raise an exception or "
                             "return instead") from None
+        except KeyboardInterrupt as exc:
+            if ctrl_c(exc):  # the user pressed Ctrl-C while the function ran: stop it all
+                raise
+            raise NodeError(node.name, "raised KeyboardInterrupt; raise an Exception subclass "
+                            "for a failure (KeyboardInterrupt is for Ctrl-C)") from None
     if scope.cancelled_caught:
         raise NodeError(node.name, f"did not finish within timeout_s = {deadline:g} s; raise "
                         "timeout_s or make the function finish")
+
+
+def ctrl_c(exc: KeyboardInterrupt) -> bool:
+    """Whether ``exc`` is a real Ctrl-C (SIGINT): Trio's signal handler raised it, on top of
+    whatever code was running; not user code's own ``raise KeyboardInterrupt``."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_globals.get("__name__") == "trio._core._ki"
 
 
 async def _fn_body(run: Run, node: FnNode, inputs: Inputs) -> None:

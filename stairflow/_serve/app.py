@@ -1,20 +1,29 @@
 """The ASGI app of `stairflow serve`: graphs answering as OpenAI chat models, on Trio.
 
     GET  /health                 200 {"status": "ok", "models", "runs_in_flight"} (no key)
+    GET  /metrics                Prometheus metrics (`stairflow._serve.metrics`): loopback
+                                 clients only, or with ``metrics_key`` to anyone sending it
     GET  /v1/models              one model per served graph, named as the graph
     GET  /v1/models/{name}
     POST /v1/chat/completions    the graph named by ``model`` runs on the conversation;
                                  its answer streams as server-sent events (``stream``) or
                                  comes whole
+    HEAD on the GET routes       as GET, without the body
+    WebSocket (any path)         refused: 400 with a JSON error
 
 A request's run is cancelled, with every model request it made, as soon as its client goes
-away (``http.disconnect``). Past ``max_concurrent`` runs in flight a request gets 429 at
-once rather than a queue. Requests and answers are never logged unless ``log_prompts``.
+away (``http.disconnect``), or stops reading: nothing could be sent for ``send_timeout_s``,
+or a stream's answer ran ``max_unsent_bytes`` ahead of what the client took. Past
+``max_concurrent`` runs in flight a request gets 429 at once rather than a queue. A run cut
+by the server's shutdown ends its answer with a 503 error (an ``error`` event in a stream).
+Requests and answers are never logged unless ``log_prompts``; the client's text in the log
+(the path) and in errors (a model's name) is escaped and cut short.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import time
 import uuid
@@ -30,7 +39,8 @@ from .._errors import StairflowError
 from .._graph import FrozenGraph, LLMNode
 from .._metrics import Report
 from .._runtime.run import Run, open_run
-from .schema import ApiError, ChatRequest, conversation, from_validation
+from .metrics import CONTENT_TYPE, Metrics
+from .schema import ApiError, ChatRequest, clip, conversation, from_validation
 
 __all__ = ["App", "Limits", "Served"]
 
@@ -46,6 +56,10 @@ class Limits:
     max_answer_tokens: int = 4096  # the largest max_tokens a request may ask for
     max_concurrent: int = 32  # runs in flight; more get 429
     body_timeout_s: float = 30.0  # a request's body must arrive within this, or 408
+    # a client that takes nothing of the answer for this long is gone: its run is cancelled
+    send_timeout_s: float = 30.0
+    # a stream's answer text produced but not yet taken by its client: past it, the same
+    max_unsent_bytes: int = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -58,10 +72,46 @@ class _Gone(Exception):
     """The client went away before its request was read."""
 
 
+@dataclass
+class _Seen:
+    """What is known of a request, for its log line and the metrics."""
+
+    start: float  # trio time, when it arrived
+    route: str = "other"
+    graph: str | None = None  # a served graph's name, once the request named one
+    ran: bool = False  # its graph ran
+
+
+class _Client:
+    """A request's ``send``, bounded in time: a client that takes nothing for
+    ``timeout_s`` (a full socket buffer: it stopped reading) is cut off (`cut`): the
+    request's scope is cancelled, its run with it, and nothing more is sent."""
+
+    def __init__(self, send: Send, timeout_s: float) -> None:
+        self.send, self.timeout_s = send, timeout_s
+        self.scope = trio.CancelScope()
+        self.why: str | None = None  # why it was cut off (None: it was not)
+
+    async def __call__(self, message: MutableMapping[str, Any]) -> None:
+        if self.why is not None:
+            return
+        with trio.move_on_after(self.timeout_s) as waited:
+            await self.send(message)
+        if waited.cancelled_caught:
+            self.cut(f"the client took nothing for {self.timeout_s:g} s (send timeout)")
+
+    def cut(self, why: str) -> None:
+        if self.why is None:
+            self.why = why
+            self.scope.cancel()
+
+
 class App:
     def __init__(self, graphs: Mapping[str, Served], *, api_key: str | None = None,
                  limits: Limits = Limits(), log: Callable[[str], None] = lambda line: None,
-                 log_prompts: bool = False) -> None:
+                 log_prompts: bool = False, metrics_key: str | None = None) -> None:
+        """``metrics_key``: anyone sending it (``Authorization: Bearer KEY``) may read
+        ``/metrics``; without it, only clients on loopback may."""
         self.graphs = dict(graphs)
         self.limits = limits
         self.log = log
@@ -69,6 +119,12 @@ class App:
         self.in_flight = 0
         self.created = int(time.time())
         self._key = None if api_key is None else api_key.encode()
+        self._metrics_key = None if metrics_key is None else metrics_key.encode()
+        self.metrics = Metrics(self.graphs)
+        for served in self.graphs.values():  # an upstream's failures, as they happen
+            listeners = getattr(served.backend, "error_listeners", None)
+            if isinstance(listeners, list):
+                listeners.append(self.metrics.upstream_error)
         # what each answer says it came from: a simulated backend's text is a placeholder
         self.fingerprints = {name: "stairflow-simulated" if describe_backend(s.backend).simulated
                              else "stairflow" for name, s in self.graphs.items()}
@@ -77,15 +133,24 @@ class App:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             return
         start = time.perf_counter()
+        seen = _Seen(trio.current_time())
+        client = _Client(send, self.limits.send_timeout_s)
         status, note = 500, ""
         try:
-            status, note = await self._route(scope, receive, send)
+            with client.scope:
+                status, note = await self._route(scope, receive, client, seen)
+            if client.why is not None:
+                status, note = 499, f"{client.why}; run cancelled"
         except ApiError as exc:
             status, note = exc.status, exc.code or exc.kind
-            await _json(send, exc.status, exc.body(), exc.headers)
+            await _json(_headless(client) if scope["method"] == "HEAD" else client,
+                        exc.status, exc.body(), exc.headers)
         except _Gone:
             status, note = 499, "client went away"
         except BaseException as exc:
@@ -93,55 +158,110 @@ class App:
                 status, note = 503, "cut by the server's shutdown"
             raise
         finally:
-            path = json.dumps(scope["path"])[1:-1]  # the client's text: escaped, one line
-            self.log(f"{scope['method']} {path} {status} {note} "
+            self.metrics.request(seen.route, seen.graph, status)
+            if seen.ran and seen.graph is not None:
+                self.metrics.total.labels(seen.graph).observe(trio.current_time() - seen.start)
+            path, method = _logged(scope["path"], 200), _logged(scope["method"], 20)
+            self.log(f"{method} {path} {status} {note} "
                      f"{time.perf_counter() - start:.3f}s".replace("  ", " "))
 
-    async def _route(self, scope: Scope, receive: Receive, send: Send) -> tuple[int, str]:
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket handshake: refused with a JSON error (an HTTP answer where the server
+        can send one, else a close, which the server answers with 403)."""
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        error = ApiError(400, "this server does not speak WebSocket; use HTTP: POST "
+                              "/v1/chat/completions (with \"stream\": true for server-sent "
+                              "events)", code="websocket_not_supported")
+        if "websocket.http.response" in scope.get("extensions", {}):
+            body = json.dumps(error.body()).encode()
+            await send({"type": "websocket.http.response.start", "status": 400, "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode())]})
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": 1003})
+        self.metrics.request("other", None, 400)
+        self.log(f"WebSocket {_logged(scope['path'], 200)} 400 websocket_not_supported")
+
+    async def _route(self, scope: Scope, receive: Receive, send: _Client,
+                     seen: _Seen) -> tuple[int, str]:
         method, path = scope["method"], scope["path"].rstrip("/")
-        if method == "HEAD" and (path == "/health" or path.startswith("/v1/models")):
-            method, send = "GET", _headless(send)  # a GET's status and headers, no body
+        out: Send = send
+        if method == "HEAD" and (path in ("/health", "/metrics") or path.startswith("/v1/models")):
+            method, out = "GET", _headless(send)  # a GET's status and headers, no body
         if path == "/health":
+            seen.route = "health"
             _allow(method, "GET")
-            await _json(send, 200, {"status": "ok", "models": sorted(self.graphs),
-                                    "runs_in_flight": self.in_flight})
+            await _json(out, 200, {"status": "ok", "models": sorted(self.graphs),
+                                   "runs_in_flight": self.in_flight})
+            return 200, ""
+        if path == "/metrics":
+            seen.route = "metrics"
+            _allow(method, "GET")
+            self._check_metrics_access(scope)
+            body = self.metrics.text()
+            await out({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", CONTENT_TYPE.encode()),
+                (b"content-length", str(len(body)).encode())]})
+            await out({"type": "http.response.body", "body": body, "more_body": False})
             return 200, ""
         if path == "/v1/models" or path.startswith("/v1/models/"):
+            seen.route = "models"
             _allow(method, "GET")
             self._check_key(scope)
             if path == "/v1/models":
-                await _json(send, 200, {"object": "list", "data": [
+                await _json(out, 200, {"object": "list", "data": [
                     self._model(name) for name in sorted(self.graphs)]})
             else:
-                await _json(send, 200, self._model(self._served(path[len("/v1/models/"):])[0]))
+                await _json(out, 200, self._model(self._served(path[len("/v1/models/"):])[0]))
             return 200, ""
         if path == "/v1/chat/completions":
+            seen.route = "chat"
             _allow(method, "POST")
             self._check_key(scope)
             request = self._parse(await self._body(scope, receive))
             name, served = self._served(request.model)
+            seen.graph = name
             if self.in_flight >= self.limits.max_concurrent:
+                self.metrics.rate_limited.labels(name).inc()
                 raise ApiError(429, f"this server runs at most {self.limits.max_concurrent} "
                                     "requests at once; retry shortly", kind="requests",
                                code="rate_limit_exceeded")
             self.in_flight += 1
+            gauge = self.metrics.in_flight.labels(name)
+            gauge.inc()
+            seen.ran = True
             try:
-                return await self._complete(name, served, request, receive, send)
+                return await self._complete(name, served, request, receive, send, seen)
             finally:
                 self.in_flight -= 1
-        raise ApiError(404, f"no route {method} {scope['path']}; this server answers "
-                            "/v1/chat/completions, /v1/models and /health", code="not_found")
+                gauge.dec()
+        raise ApiError(404, f"no route {clip(method, 20)} {clip(scope['path'], 200)}; this "
+                            "server answers /v1/chat/completions, /v1/models, /health and "
+                            "/metrics", code="not_found")
 
     # checks
 
     def _check_key(self, scope: Scope) -> None:
-        if self._key is None:
-            return
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, token = given.partition(b" ")
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self._key):
+        if self._key is not None and not _bearer(scope, self._key):
             raise ApiError(401, "missing or incorrect API key: send the key given to this "
                                 "server as 'Authorization: Bearer KEY'", code="invalid_api_key")
+
+    def _check_metrics_access(self, scope: Scope) -> None:
+        """With a metrics key, whoever sends it; without one, loopback clients only."""
+        if self._metrics_key is not None:
+            if not _bearer(scope, self._metrics_key):
+                raise ApiError(401, "missing or incorrect metrics key: send the key given to "
+                                    "this server with --metrics-key-env as 'Authorization: "
+                                    "Bearer KEY'", code="invalid_api_key")
+            return
+        if not _loopback_client(scope):
+            raise ApiError(403, "/metrics answers clients on this machine (loopback) only; "
+                                "to let others read it, start the server with "
+                                "--metrics-key-env VAR and send 'Authorization: Bearer KEY'",
+                           kind="permission_error", code="metrics_loopback_only")
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.limits.max_body_bytes
@@ -194,7 +314,7 @@ class App:
 
     def _served(self, model: str) -> tuple[str, Served]:
         if model not in self.graphs:
-            raise ApiError(404, f"the model '{model}' does not exist here; this server "
+            raise ApiError(404, f"the model '{clip(model, 80)}' does not exist here; this server "
                                 f"serves {', '.join(sorted(self.graphs))}", param="model",
                            code="model_not_found")
         return model, self.graphs[model]
@@ -206,7 +326,7 @@ class App:
     # the run
 
     async def _complete(self, name: str, served: Served, request: ChatRequest,
-                        receive: Receive, send: Send) -> tuple[int, str]:
+                        receive: Receive, send: _Client, seen: _Seen) -> tuple[int, str]:
         message = conversation(request.messages)
         graph = _for_request(served.graph, request)
         answer = _Answer(request.answer_cap)
@@ -218,46 +338,73 @@ class App:
         error: str | None = None
         failed_node: str | None = None
         gone = False
-        async with trio.open_nursery() as nursery:
+        produced = 0  # bytes of answer text that reached the output (for a stream's bound)
+        limit = self.limits.max_unsent_bytes
+        try:
+            async with trio.open_nursery() as nursery:
 
-            async def watch() -> None:  # a client that goes away cancels its run
-                nonlocal gone
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                gone = True
+                async def watch() -> None:  # a client that goes away cancels its run
+                    nonlocal gone
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    gone = True
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch)
+                try:
+                    async with open_run(graph, message, backend=served.backend,
+                                        mode=graph.mode) as run:
+                        runs.append(run)
+                        trace = run.trace
+
+                        if reply is not None:
+                            streaming = reply
+
+                            def count() -> None:  # at each event: what the client has not taken
+                                nonlocal produced
+                                if trace.last_kind() == "output":
+                                    produced += len(trace.events[-1].data["text"].encode())
+                                    if produced - streaming.sent > limit:
+                                        send.cut(f"the client fell over {limit} bytes behind "
+                                                 "the answer (max_unsent_bytes)")
+
+                            trace.wakers.append(count)
+                        async for event in run:
+                            if event.kind != "chunk" or event.data["edge"][1] != graph.output:
+                                continue
+                            piece = answer.take(event.data)
+                            if piece and answer.first is None:
+                                answer.first = trio.current_time()
+                                self.metrics.ttft.labels(name).observe(answer.first - seen.start)
+                            if reply is not None and piece:
+                                await reply.delta(piece)
+                            if answer.full:
+                                run.cancel()
+                                break
+                except StairflowError as exc:
+                    error = str(exc)
+                    failed_node = getattr(exc, "node", None)
+                except BaseException as exc:
+                    # cancelled from outside: the server is shutting down (a client that went
+                    # away, or stopped reading, cancels only its own scopes, and returns below)
+                    if not gone and send.why is None and _cancelled(exc):
+                        shutdown = ApiError(503, "the server is shutting down; retry the request",
+                                            kind="server_error", code="server_shutdown")
+                        with trio.move_on_after(1) as cleanup:
+                            cleanup.shield = True
+                            if reply is not None:
+                                await reply.error(shutdown)
+                            else:
+                                await _json(send, 503, shutdown.body())
+                    raise
                 nursery.cancel_scope.cancel()
-
-            nursery.start_soon(watch)
-            try:
-                async with open_run(graph, message, backend=served.backend,
-                                    mode=graph.mode) as run:
-                    runs.append(run)
-                    async for event in run:
-                        if event.kind != "chunk" or event.data["edge"][1] != graph.output:
-                            continue
-                        piece = answer.take(event.data)
-                        if reply is not None and piece:
-                            await reply.delta(piece)
-                        if answer.full:
-                            run.cancel()
-                            break
-            except StairflowError as exc:
-                error = str(exc)
-                failed_node = getattr(exc, "node", None)
-            except BaseException as exc:
-                # cancelled from outside: the server is shutting down (a client that went away
-                # cancels only this nursery, and returns below)
-                if not gone and reply is not None and _cancelled(exc):
-                    with trio.move_on_after(1) as cleanup:
-                        cleanup.shield = True
-                        await reply.error(ApiError(
-                            503, "the server is shutting down; retry the request",
-                            kind="server_error", code="server_shutdown"))
-                raise
-            nursery.cancel_scope.cancel()
+        finally:
+            report = runs[0].report() if runs else None
+            self.metrics.completion_tokens.labels(name).inc(answer.tokens)
+            if report is not None:
+                self.metrics.prompt_tokens.labels(name).inc(report.prompt_tokens)
         if gone:
             return 499, f"{name}: client went away, run cancelled"
-        report = runs[0].report() if runs else None
         usage = _usage(answer, report)
         if self.log_prompts:
             self.log(f"prompt {json.dumps(message)} answer {json.dumps(answer.text)}")
@@ -292,6 +439,7 @@ class _Answer:
     def __init__(self, cap: int | None) -> None:
         self.cap = cap
         self.text, self.tokens, self.full = "", 0, False
+        self.first: float | None = None  # when its first text came (trio time)
 
     def take(self, chunk: Mapping[str, Any]) -> str:
         text, tokens = chunk["text"], chunk["tokens"]
@@ -312,6 +460,7 @@ class _Reply:
     def __init__(self, send: Send, model: str, fingerprint: str, request: ChatRequest) -> None:
         self.send, self.model, self.fingerprint = send, model, fingerprint
         self.id, self.created = _id(), int(time.time())
+        self.sent = 0  # bytes of answer text the client has taken
         options = request.stream_options
         self.include_usage = bool(options and options.include_usage)
 
@@ -323,6 +472,7 @@ class _Reply:
 
     async def delta(self, text: str) -> None:
         await self._chunk({"content": text})
+        self.sent += len(text.encode())
 
     async def finish(self, reason: str, usage: dict[str, Any]) -> None:
         await self._chunk({}, reason)
@@ -403,6 +553,33 @@ def _headless(send: Send) -> Send:
             message = {**message, "body": b""}
         await send(message)
     return headless
+
+
+def _logged(text: str, limit: int) -> str:
+    """The client's ``text`` fit for the log: escaped, on one line, cut short (`clip`)."""
+    escaped = json.dumps(text[:limit])[1:-1]
+    return escaped if len(text) <= limit else f"{escaped}… ({len(text)} characters)"
+
+
+def _bearer(scope: Scope, key: bytes) -> bool:
+    """Whether the request sends ``Authorization: Bearer KEY`` (compared in constant time)."""
+    given = dict(scope["headers"]).get(b"authorization", b"")
+    scheme, _, token = given.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), key)
+
+
+def _loopback_client(scope: Scope) -> bool:
+    """Whether the client's address (as the server saw it) is a loopback one."""
+    client = scope.get("client")
+    if not client:
+        return False
+    try:
+        address = ipaddress.ip_address(str(client[0]).split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 def _allow(method: str, allowed: str) -> None:

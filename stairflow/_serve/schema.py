@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["ApiError", "ChatRequest", "conversation", "from_validation"]
+__all__ = ["ApiError", "ChatRequest", "clip", "conversation", "from_validation"]
 
 
 class ApiError(Exception):
@@ -108,8 +108,13 @@ def _is_field(part: int | str) -> bool:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return clip(repr(value), 80)
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` (a client's) fit to echo or log: past ``limit`` characters, its start, an
+    ellipsis and its length."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 def conversation(messages: list[Message]) -> str:

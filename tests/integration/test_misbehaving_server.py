@@ -509,3 +509,24 @@ def test_a_batch_retries_a_run_the_server_cut_off_and_records_a_refusal(tmp_path
     assert rows[3]["attempts"] == 1 and rows[3]["output"] is None
     assert rows[3]["error"].startswith(f"node 'p' failed: {fake.base_url} (model 'm'): HTTP 400")
     assert (summary.done, summary.failed, summary.retried) == (3, 1, 1)
+
+
+# -- failures told to listeners (the metrics of `stairflow serve`) ------------------------------
+
+def test_each_failed_attempt_is_told_to_the_error_listeners_by_kind(refused_url: str):
+    def listened(url: str, **fields: Any) -> list[tuple[str, str]]:
+        b = backend(url, **fields)
+        seen: list[tuple[str, str]] = []
+        b.error_listeners.append(lambda base_url, kind: seen.append((base_url, kind)))
+        assert ask(b).error is not None
+        return seen
+
+    with fake_openai(_unavailable) as fake:  # retried once, then the error
+        assert listened(fake.base_url, max_retries=1) == [(fake.base_url, "http_5xx")] * 2
+    with fake_openai(lambda ex: ex.json(429, {"error": {"message": "slow"}})) as fake:
+        assert listened(fake.base_url) == [(fake.base_url, "http_429")]
+    with fake_openai(stream("Hello", finish=None)) as fake:
+        assert listened(fake.base_url) == [(fake.base_url, "no_finish_reason")]
+    with fake_openai(Exchange.stall) as fake:
+        assert listened(fake.base_url, read_timeout_s=0.2) == [(fake.base_url, "read_timeout")]
+    assert listened(refused_url, max_retries=1) == [(refused_url, "connect")] * 2

@@ -91,9 +91,11 @@ class Response:
 async def call(app: App, method: str, path: str, body: Any = None, *,
                headers: tuple[tuple[bytes, bytes], ...] = (),
                leave_after: Callable[[Response], bool] | None = None,
-               response: Response | None = None) -> Response:
-    """One request; ``leave_after`` says when the client goes away (disconnects); the answer
-    goes into ``response`` as it comes, if given."""
+               response: Response | None = None,
+               client: tuple[str, int] | None = ("127.0.0.1", 50000)) -> Response:
+    """One request from ``client`` (an address and port, as the server saw them; None: not
+    known); ``leave_after`` says when the client goes away (disconnects); the answer goes
+    into ``response`` as it comes, if given."""
     raw = body if isinstance(body, bytes) else b"" if body is None else json.dumps(body).encode()
     parts = [{"type": "http.request", "body": raw, "more_body": False}]
     gone = trio.Event()
@@ -115,7 +117,7 @@ async def call(app: App, method: str, path: str, body: Any = None, *,
             if leave_after is not None and leave_after(response):
                 gone.set()
 
-    scope = {"type": "http", "method": method, "path": path,
+    scope = {"type": "http", "method": method, "path": path, "client": client,
              "headers": [(b"content-length", str(len(raw)).encode()), *headers]}
     await app(scope, receive, send)
     return response
@@ -408,3 +410,155 @@ def test_a_body_that_never_ends_gets_408_after_the_timeout():
 
     r, at = serve(go, limits=Limits(body_timeout_s=5))
     assert r.status == 408 and r.json()["error"]["code"] == "request_timeout" and at == 5
+
+
+def test_a_whole_answer_cut_by_the_servers_shutdown_gets_503():
+    async def go(app: App, backend: Counting) -> tuple[Response, int]:
+        response = Response()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: call(app, "POST", "/v1/chat/completions", ASK,
+                                            response=response))
+            await trio.sleep(1.0)  # virtual time: the answer is under way
+            nursery.cancel_scope.cancel()  # as Hypercorn does past its grace period
+        return response, backend.open
+
+    r, still_open = serve(go)
+    assert r.status == 503 and r.json()["error"]["code"] == "server_shutdown"
+    assert "retry" in r.json()["error"]["message"] and still_open == 0
+
+
+def _interrupting() -> sf.FrozenGraph:
+    async def interrupt(inputs: sf.Inputs) -> AsyncIterator[str]:
+        yield "partial "
+        raise KeyboardInterrupt
+
+    g = sf.Graph("ki")
+    q = g.input("q")
+    f = g.fn("f", interrupt)
+    g.connect(q, f)
+    g.connect(f, g.output("o"))
+    return g.build()
+
+
+def test_an_fn_node_raising_keyboard_interrupt_is_a_node_error_502():
+    async def go(app: App, backend: Counting) -> tuple[Response, Response]:
+        ask = {**ASK, "model": "ki"}
+        return (await call(app, "POST", "/v1/chat/completions", ask),
+                await call(app, "POST", "/v1/chat/completions", {**ask, "stream": True}))
+
+    lines: list[str] = []
+    whole, streamed = serve(go, graph=_interrupting(), log=lines.append)
+    assert whole.status == 502 and whole.json()["error"]["code"] == "upstream_error"
+    assert "at node 'f'" in whole.json()["error"]["message"]
+    events = streamed.events()
+    assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "upstream_error"
+    assert any("raised KeyboardInterrupt" in line for line in lines)
+
+
+def test_a_client_that_stops_reading_is_cut_off_after_the_send_timeout():
+    async def go(app: App, backend: Counting) -> tuple[float, int, int, list[str]]:
+        parts = [{"type": "http.request", "body": json.dumps({**ASK, "stream": True}).encode()}]
+        sent: list[Any] = []
+
+        async def receive() -> dict[str, Any]:
+            if parts:
+                return parts.pop(0)
+            await trio.sleep_forever()
+            raise AssertionError
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+            if len(sent) > 3:  # the client's socket buffer is full: it stopped reading
+                blocked.append(trio.current_time())
+                await trio.sleep_forever()
+
+        with trio.fail_after(100):  # without a send timeout: a failure, not a hang
+            await app({"type": "http", "method": "POST", "path": "/v1/chat/completions",
+                       "headers": [], "client": ("127.0.0.1", 1)}, receive, send)
+        return trio.current_time() - blocked[0], backend.open, app.in_flight, lines
+
+    lines: list[str] = []
+    blocked: list[float] = []
+    held, still_open, in_flight, _ = serve(go, limits=Limits(send_timeout_s=5),
+                                           log=lines.append)
+    # a send blocked (the second text, a quarter of a second in); 5 s later the request is
+    # over, its run cancelled with every model stream, its slot free
+    assert len(blocked) == 1 and 0.2 < blocked[0] < 0.3 and held == pytest.approx(5)
+    assert still_open == 0 and in_flight == 0
+    assert " 499 the client took nothing for 5 s (send timeout); run cancelled" in lines[-1]
+
+
+def test_a_client_that_falls_too_far_behind_the_answer_is_cut_off():
+    async def go(app: App, backend: Counting) -> tuple[float, int, int]:
+        parts = [{"type": "http.request", "body": json.dumps({**ASK, "stream": True}).encode()}]
+        blocked = 0
+
+        async def receive() -> dict[str, Any]:
+            if parts:
+                return parts.pop(0)
+            await trio.sleep_forever()
+            raise AssertionError
+
+        async def send(message: Any) -> None:
+            nonlocal blocked
+            if b'"content":"' in message.get("body", b"") and b'"content":""' not in \
+                    message["body"]:
+                blocked += 1
+                await trio.sleep_forever()  # the first text never leaves: a stalled client
+
+        await app({"type": "http", "method": "POST", "path": "/v1/chat/completions",
+                   "headers": [], "client": ("127.0.0.1", 1)}, receive, send)
+        return trio.current_time(), backend.open, blocked
+
+    lines: list[str] = []
+    ended, still_open, blocked = serve(go, limits=Limits(max_unsent_bytes=200),
+                                       log=lines.append)
+    # cut as soon as 200 bytes of answer waited, long before the 30-s send timeout and
+    # before the 7.8-s answer's end
+    assert ended < 3 and still_open == 0 and blocked == 1
+    assert "fell over 200 bytes behind the answer (max_unsent_bytes)" in lines[-1]
+
+
+def test_a_websocket_handshake_is_refused_with_a_json_error():
+    async def handshake(app: App, extensions: dict[str, Any]) -> list[Any]:
+        sent: list[Any] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "websocket.connect"}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        await app({"type": "websocket", "path": "/v1/chat/completions", "headers": [],
+                   "extensions": extensions}, receive, send)
+        return sent
+
+    async def go(app: App, backend: Counting) -> tuple[list[Any], list[Any]]:
+        return (await handshake(app, {"websocket.http.response": {}}),
+                await handshake(app, {}))
+
+    lines: list[str] = []
+    denied, closed = serve(go, log=lines.append)
+    start, body = denied
+    assert start["type"] == "websocket.http.response.start" and start["status"] == 400
+    error = json.loads(body["body"])["error"]
+    assert error["code"] == "websocket_not_supported" and "POST /v1/chat/completions" in \
+        error["message"]
+    assert closed == [{"type": "websocket.close", "code": 1003}]
+    assert lines == ["WebSocket /v1/chat/completions 400 websocket_not_supported"] * 2
+
+
+def test_a_long_path_and_a_long_model_name_are_cut_short():
+    lines: list[str] = []
+
+    async def go(app: App, backend: Counting) -> tuple[Response, Response]:
+        return (await call(app, "GET", "/" + "p" * 60_000),
+                await call(app, "POST", "/v1/chat/completions", {**ASK, "model": "m" * 50_000}))
+
+    route, model = serve(go, log=lines.append)
+    assert route.status == 404 and len(route.body) < 600
+    assert f"{'p' * 199}… (60001 characters)" in route.json()["error"]["message"]
+    assert model.status == 404 and len(model.body) < 400
+    assert f"'{'m' * 80}… (50000 characters)' does not exist" in model.json()["error"]["message"]
+    assert all(len(line) < 400 for line in lines)
+    assert "… (60001 characters) 404" in lines[0]
