@@ -2,9 +2,10 @@
 
 Declare a graph (`Graph`, or a TOML file via `load_graph`), run it (`run` from plain code,
 `open_run` inside Trio), read its `Report`; run it over many prompts (`run_batch`,
-`open_batch`), resumably. Backends: each node's own endpoint, a default
-endpoint, the local model, or the simulator (`open_backend`, `OpenAIBackend`, `SimBackend`, or
-your own `Backend`). Test helpers live in `stairflow.testing`.
+`open_batch`), resumably; from asyncio, `stairflow.aio` (`aio.open_run`, `aio.run`).
+Backends: each node's own endpoint, a default endpoint, the local model, or the simulator
+(`open_backend`, `OpenAIBackend`, `SimBackend`, or your own `Backend`). Test helpers live in
+`stairflow.testing`.
 """
 
 import typing as _typing
