@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import copy
 import itertools
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Unpack
+from typing import TYPE_CHECKING, Any, Unpack
 
 import trio
 import trio.testing
@@ -34,6 +35,9 @@ from .clock import is_virtual, settle
 from .emitter import Emitter
 from .inbox import LiveInbox
 from .nodes import own_error, run_fn, run_input, run_llm, run_output
+
+if TYPE_CHECKING:
+    from .._otel import RunSpans
 
 __all__ = ["Run", "open_run", "prepare", "run"]
 
@@ -92,7 +96,9 @@ class Run:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._done: set[str] = set()
         self.error: StairflowError | None = None
+        self.node_errors: dict[str, NodeError] = {}  # every node that failed, dropped or not
         self.cancelled = False
+        self.spans: RunSpans | None = None  # OpenTelemetry, when the application traces
         self._scope = trio.CancelScope()
         self._nodes_scope = trio.CancelScope()
         self._new_event = trio.lowlevel.ParkingLot()  # event iterators waiting
@@ -128,6 +134,8 @@ class Run:
         return _Events(self)
 
     async def _main(self) -> None:
+        if self.spans is not None:  # the node tasks, started from here, inherit it
+            self.spans.enter()
         self.trace.record("run_start", graph=self.graph.name, mode=self.graph.mode,
                           backend=self.backend_name, simulated=self.simulated)
         try:
@@ -237,6 +245,7 @@ class Run:
         err.__suppress_context__ = True
         node = self.graph.nodes[name]
         drop = getattr(node, "on_error", "fail") == "drop"
+        self.node_errors[name] = err
         self.trace.record("node_error", name, error=str(err), dropped=drop,
                           tokens=self.emitters[name].tokens)
         if drop:
@@ -312,16 +321,31 @@ async def open_run(
         if callable(warm_up):
             await warm_up([(n.name, n.model) for n in frozen.llm_nodes()])
         the_run = Run(frozen, query, chosen)
+        the_run.spans = _open_spans(the_run)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(the_run._main)
                 yield the_run
         except BaseExceptionGroup as group:
             raise unwrap(group) from None
+        finally:
+            if the_run.spans is not None:
+                the_run.spans.end(the_run)
     if the_run.error is not None:
         raise the_run.error
     if not the_run.finished:
         raise InternalError("the run's tasks ended without an end event")
+
+
+def _open_spans(run: Run) -> RunSpans | None:
+    """The run's OpenTelemetry spans (`stairflow._otel`), started in the opening task's
+    context, if the application traces. An application that has configured a tracer provider
+    has imported ``opentelemetry.trace``; until then nothing is imported, and nothing done."""
+    if "opentelemetry.trace" not in sys.modules:
+        return None
+    from .._otel import open_spans
+
+    return open_spans(run)
 
 
 def run(
