@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .._errors import StairflowError
+from .._errors import ConfigError, StairflowError
 from .._prompts import Message
 from .base import Request
 from .local import LOCAL_MODEL, LocalServer, _http_status
@@ -81,13 +81,29 @@ async def probe_slots(base_url: str, model: str, api_key_env: str | None = None)
 
 
 def state_file() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "stairflow" / "server.json"
+    """The note of `stairflow local start`: in $XDG_CACHE_HOME/stairflow when that is an
+    absolute path (the XDG spec ignores others), else in ~/.cache/stairflow."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".cache"
+    return root / "stairflow" / "server.json"
+
+
+def state_dir() -> Path:
+    """The note's directory, made if need be; a one-line error naming it if it cannot be."""
+    where = state_file().parent
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        if not os.access(where, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        raise ConfigError(f"cannot keep the local server's note in {where} "
+                          f"({exc.strerror or exc}); set XDG_CACHE_HOME to a writable "
+                          "directory") from None
+    return where
 
 
 def remember_server(server: LocalServer) -> None:
-    path = state_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = state_dir() / state_file().name
     path.write_text(json.dumps({"base_url": server.base_url, "port": server.port,
                                 "model": server.model, "pid": os.getpid()}))
 

@@ -47,7 +47,9 @@ def add_parsers(sub: Any) -> None:
 def serve_local(port: int, out: TextIO) -> int:
     """Run the local model server in the foreground until Ctrl-C or SIGTERM."""
     from .._backends.local import open_local_server
-    from .._backends.probe import forget_server, remember_server
+    from .._backends.probe import forget_server, remember_server, state_dir
+
+    state_dir()  # where its note goes: a clear error before the server starts, not after
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -65,32 +67,45 @@ def serve_local(port: int, out: TextIO) -> int:
     return 0
 
 
-def _running() -> dict[str, Any] | None:
-    """The note of a healthy local server, if one runs."""
-    from .._backends.probe import running_server
+def _running() -> tuple[dict[str, Any] | None, bool]:
+    """The note of a healthy local server of ours, if one runs; and whether a stale note is
+    left (no server answers where it says, or it names no process of ours: a crashed
+    server's pid may be another program's now). start, stop and status all judge by this."""
+    from .._backends.probe import running_server, state_file
 
-    return trio.run(running_server)
+    note = trio.run(running_server)
+    pid = None if note is None else note.get("pid")
+    if note is not None and type(pid) is int and pid > 1 and _is_ours(pid):
+        return note, False
+    return None, note is not None or state_file().exists()
 
 
 def _start(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
-    from .._backends.probe import state_file
+    from .._backends.probe import forget_server, state_dir
 
-    running = _running()
+    running, stale = _running()
     if running is not None:
         print(f"already running: {running['model']} at {running['base_url']} "
-              f"(pid {running.get('pid', '?')})", file=out)
+              f"(pid {running['pid']})", file=out)
         return 0
+    if stale:
+        forget_server()
     if args.foreground:
         return serve_local(args.port, out)
-    log = state_file().with_name("local-server.log")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as log_file:  # the child keeps its own copy
+    log = state_dir() / "local-server.log"
+    try:
+        log_file = log.open("wb")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the local server's log {log} "
+                          f"({exc.strerror or exc}); set XDG_CACHE_HOME to a writable "
+                          "directory") from None
+    with log_file:  # the child keeps its own copy
         child = subprocess.Popen(
             [sys.executable, "-m", "stairflow", "local", "start", "--foreground", "--port",
              str(args.port)], stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
             start_new_session=True)  # not stopped by the terminal's Ctrl-C
     deadline = time.monotonic() + START_TIMEOUT_S
-    while (running := _running()) is None:  # another process: poll its note and health
+    while (running := _running()[0]) is None:  # another process: poll its note and health
         if child.poll() is not None or time.monotonic() > deadline:
             if child.poll() is None:
                 child.terminate()
@@ -103,18 +118,15 @@ def _start(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) ->
 
 
 def _stop(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
-    from .._backends.probe import forget_server, state_file
+    from .._backends.probe import forget_server
 
-    running = _running()
-    pid = None if running is None else running.get("pid")
-    if running is None or type(pid) is not int or pid <= 1 or not _is_ours(pid):
-        # no server answers where the note says, or the note names no process of ours (a
-        # crashed server's pid may be another program's now): signal nothing
-        stale = running is not None or state_file().exists()
+    running, stale = _running()
+    if running is None:  # signal nothing
         forget_server()
         print("no local model server is running" + (" (removed a stale note)" if stale
                                                        else ""), file=out)
         return 0
+    pid = running["pid"]
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 15
     while _alive(pid) and time.monotonic() < deadline:  # another process: poll it
@@ -150,12 +162,14 @@ def _alive(pid: int) -> bool:
 
 
 def _status(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
-    running = _running()
+    running, stale = _running()
     if running is None:
-        print("not running ('stairflow local start' starts it)", file=out)
+        print("not running ('stairflow local start' starts it" + (
+            "; the note a stopped server left is stale: 'stairflow local stop' removes it)"
+            if stale else ")"), file=out)
         return 1
     print(f"running: {running['model']} at {running['base_url']} "
-          f"(pid {running.get('pid', '?')})", file=out)
+          f"(pid {running['pid']})", file=out)
     return 0
 
 
