@@ -37,10 +37,13 @@ than asking the model to continue an answer it was not allowed to finish.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import json
 import math
 import os
 import random
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, replace
@@ -83,6 +86,7 @@ def rates_file() -> Path:
 DEFAULT_TIMEOUT_S = 300.0  # one request, sent to last token: a long answer on a slow server
 DEFAULT_READ_TIMEOUT_S = 60.0  # one wait on the server: a long prompt's prefill
 PROPS_TIMEOUT_S = 5.0  # asking a server for its slots (once per server)
+LIMIT_PEEK_S = 1.0  # at a request's max_tokens: how long to wait for the server's finish
 
 # finish reasons servers use for a normal end / for the token limit (OpenAI, vLLM, llama.cpp,
 # TGI, Anthropic-style gateways); anything else ends the node with an error
@@ -297,14 +301,44 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
     return value if 0 < value <= MAX_RETRY_AFTER_S else None
 
 
-class _Stream:
-    """Adapts an openai stream to the backend protocol; fixes the whitespace seam."""
+# One estimated token of a streamed piece: a word with the whitespace before it (and, at the
+# piece's end, the whitespace after it), or a run of whitespace; each part bounded, so that no
+# estimated token is long however the server groups its text.
+_UNIT = re.compile(r"\s{0,64}\S{1,32}(?:\s{1,64}\Z)?|\s{1,64}")
 
-    def __init__(self, chunks: Any, seam_ws: str, chat: bool, call: _Call) -> None:
+
+def split_tokens(text: str, limit: int, reported: int | None = None) -> tuple[list[str], bool]:
+    """``text`` (one streamed piece) as tokens, at most ``limit`` of them; and whether text
+    was left over past the limit. A server that sends a token per piece (vLLM, llama.cpp,
+    OpenAI) gives one each; a piece of several words counts a token per word (and per 32
+    characters of a long one). ``reported``: the tokens the server says the piece holds
+    (its running ``usage.completion_tokens``, where it sends one with each piece): the piece
+    then counts as many, if that is more (never fewer: a server cannot pass more text by
+    claiming fewer tokens)."""
+    if len(text) <= 32 and (reported or 1) <= 1 and _UNIT.fullmatch(text):
+        return [text], False  # the usual case: one token
+    units = [m.group() for m in itertools.islice(_UNIT.finditer(text), limit)]
+    left = sum(map(len, units)) < len(text)
+    if not left and reported is not None and len(units) < min(reported, limit):
+        n = min(reported, limit, len(text))  # cut in as many pieces of about equal length
+        units = [text[len(text) * i // n:len(text) * (i + 1) // n] for i in range(n)]
+    return units, left
+
+
+class _Stream:
+    """Adapts an openai stream to the backend protocol: one estimated token at a time (see
+    `split_tokens`), never more than ``limit`` of them (a server that ignores ``max_tokens``
+    is cut there, with ``finish_reason`` "length"); fixes the whitespace seam."""
+
+    def __init__(self, chunks: Any, seam_ws: str, chat: bool, call: _Call,
+                 limit: int | None = None) -> None:
         self._chunks = chunks.__aiter__()
         self._seam_ws = seam_ws  # whitespace stripped off the prefix before sending
         self._chat = chat
         self._call = call
+        self._limit = limit if limit is not None else 1 << 62
+        self._ready: collections.deque[str] = collections.deque()  # split, not yet given
+        self._reported: int | None = None  # the server's running completion_tokens
         self.usage = Usage()
         self.finish_reason: str | None = None
         self.first: float | None = None  # when its first and last text came (for the Meter)
@@ -316,6 +350,11 @@ class _Stream:
         return self
 
     async def __anext__(self) -> str:
+        if self._ready:
+            return self._give(self._ready.popleft())
+        if self.tokens >= self._limit:
+            await self._at_limit()
+            raise StopAsyncIteration
         while True:
             with trio.move_on_at(self._call.deadline) as waited:
                 try:
@@ -335,19 +374,47 @@ class _Stream:
                 self.last = trio.current_time()
                 if self.first is None:
                     self.first = self.last
-                self.tokens += 1
-                self.chars += len(text)
-                return text
+                reported = (None if self._reported is None
+                            else self._reported - self.tokens - len(self._ready))
+                units, left = split_tokens(text, self._limit - self.tokens, reported)
+                if left:  # past the limit: what the server sends next is not read
+                    self.finish_reason = "length"
+                self._ready.extend(units[1:])
+                return self._give(units[0])
+
+    def _give(self, token: str) -> str:
+        self.tokens += 1
+        self.chars += len(token)
+        return token
+
+    async def _at_limit(self) -> None:
+        """The limit is reached: the answer ends here. A server that keeps to its limit says
+        so in its next event (a finish reason, no text), which is read if it is not known
+        yet (for at most `LIMIT_PEEK_S`); one that sends more text is cut there, and the
+        finish reason is "length"."""
+        if self.finish_reason is not None:
+            return
+        more = False
+        with trio.move_on_after(min(LIMIT_PEEK_S, self._call.ep.wait_s())):
+            while self.finish_reason is None and not more:
+                try:
+                    more = bool(self._take(await self._chunks.__anext__()))
+                except (StopAsyncIteration, Exception):
+                    break
+        if more or self.finish_reason is None:
+            self.finish_reason = "length"
 
     def _take(self, chunk: Any) -> str:
         """The text of one chunk; notes its usage and finish reason."""
         try:
+            self._reported = None
             if getattr(chunk, "usage", None):
                 u = chunk.usage
                 details = getattr(u, "prompt_tokens_details", None)
                 self.usage = Usage(int(u.prompt_tokens or 0),
                                    int(getattr(details, "cached_tokens", 0) or 0),
                                    int(u.completion_tokens or 0))
+                self._reported = self.usage.completion_tokens or None
             if not chunk.choices:
                 return ""
             choice = chunk.choices[0]
@@ -562,7 +629,7 @@ class OpenAIBackend:
                 raise call.late()
             chat = ep.continuation != "completions"
             self.active += 1
-            adapted = _Stream(stream, seam if prefix else "", chat, call)
+            adapted = _Stream(stream, seam if prefix else "", chat, call, request.max_tokens)
             try:
                 yield adapted
             finally:

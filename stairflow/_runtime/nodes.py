@@ -183,6 +183,7 @@ async def _call(run: Run, req: Request, flight: _InFlight | None = None) -> str 
     run.trace.record("request_sent", req.node, step=req.step, max_tokens=req.max_tokens,
                      position=req.position)
     stream = None
+    over = False  # the backend sent more than the request's max_tokens: cut there
     scope = trio.CancelScope()
     if flight is not None:
         flight.scope, flight.cut, flight.budget, flight.written = scope, False, req.max_tokens, 0
@@ -195,6 +196,9 @@ async def _call(run: Run, req: Request, flight: _InFlight | None = None) -> str 
                 async for token in stream:
                     if flight is not None and flight.cut:
                         break  # cut while this token was on its way: the final step goes on
+                    if out.tokens - req.position >= req.max_tokens:
+                        over = True  # a backend that ignores the limit is cut at it
+                        break
                     if out.tokens == req.position:
                         run.trace.record("first_token", req.node, step=req.step)
                     if flight is None:
@@ -219,19 +223,20 @@ async def _call(run: Run, req: Request, flight: _InFlight | None = None) -> str 
             flight.scope, flight.emitting = None, False
             flight.wrote.set()
     cut = scope.cancelled_caught or (flight is not None and flight.cut)
-    if stream is None or (cut and stream.finish_reason is None):
+    if stream is None or (cut and stream.finish_reason is None and not over):
         _record_cancel(run, req, stream, cut=True)
         return None
+    finish = "length" if over else stream.finish_reason
     run.trace.record(
         "request_end", req.node, step=req.step, tokens=out.tokens - req.position,
         prompt_tokens=stream.usage.prompt_tokens, cached_tokens=stream.usage.cached_tokens,
-        finish_reason=stream.finish_reason,
+        finish_reason=finish,
     )
-    if stream.finish_reason not in ("stop", "length"):  # the protocol's two ends, nothing else
+    if finish not in ("stop", "length"):  # the protocol's two ends, nothing else
         raise NodeError(req.node, f"the backend ended the answer with finish_reason "
-                        f"{stream.finish_reason!r}; a backend sets 'stop' (the answer is "
+                        f"{finish!r}; a backend sets 'stop' (the answer is "
                         "complete) or 'length' (the step's budget ran out)")
-    return stream.finish_reason
+    return finish
 
 
 def _record_cancel(run: Run, req: Request, stream: Completion | None, cut: bool = False) -> None:

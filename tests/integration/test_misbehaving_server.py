@@ -530,3 +530,99 @@ def test_each_failed_attempt_is_told_to_the_error_listeners_by_kind(refused_url:
     with fake_openai(Exchange.stall) as fake:
         assert listened(fake.base_url, read_timeout_s=0.2) == [(fake.base_url, "read_timeout")]
     assert listened(refused_url, max_retries=1) == [(refused_url, "connect")] * 2
+
+
+# -- limits count tokens, not pieces --------------------------------------------------------------
+
+def _words_per_piece(words: int, pieces: int) -> Script:
+    def script(ex: Exchange) -> None:
+        ex.sse()
+        for i in range(pieces):
+            ex.token("".join(f" w{i}.{k}" for k in range(words)))
+        ex.token("", "stop")
+        ex.done()
+    return script
+
+
+def _one_node(max_tokens: int) -> sf.Graph:
+    g = sf.Graph("one")
+    g.input("q")
+    g.llm("a", max_tokens=max_tokens)
+    g.connect("q", "a")
+    g.connect("a", g.output("out"))
+    return g
+
+
+def test_five_words_a_piece_count_five_tokens():
+    with fake_openai(_words_per_piece(5, 20)) as fake:
+        out = ask(backend(fake.base_url))  # max_tokens 16
+    assert len(out.tokens) == 16 and "".join(out.tokens).split() == [
+        f"w{i}.{k}" for i in range(4) for k in range(5)][:16]
+    assert out.finish == "length"
+
+
+def test_an_upstream_that_ignores_max_tokens_is_cut_at_the_nodes_limit():
+    # 10 MB: 2,000 pieces of 1,000 words, whatever max_tokens said; the connection is closed
+    # at the node's 200th token, and the rest is never read
+    with fake_openai(_words_per_piece(1000, 2000)) as fake:
+        b = backend(fake.base_url)
+        start = time.monotonic()
+        try:
+            report = sf.run(_one_node(200), "why?", backend=b)
+        finally:
+            trio.run(b.aclose)
+    assert report.nodes["a"].tokens == 200 and len(report.output.split()) == 200
+    assert len(report.output) < 2000 and time.monotonic() - start < 5
+    (end,) = report.trace.of("request_end", "a")
+    assert end.data["finish_reason"] == "length"
+
+
+def test_a_server_that_keeps_to_max_tokens_ends_with_its_own_finish_reason():
+    with fake_openai(stream(*[f" w{i}" for i in range(16)])) as fake:  # then "stop"
+        out = ask(backend(fake.base_url))
+    assert len(out.tokens) == 16 and out.finish == "stop"
+
+
+def test_the_servers_running_token_count_is_the_truth():
+    # vLLM's continuous usage stats: every piece carries the completion tokens so far
+    def answer(ex: Exchange) -> None:
+        ex.sse()
+        for i in range(1, 10):
+            ex.event({"id": "x", "object": "chat.completion.chunk", "created": 0,
+                      "model": "m", "choices": [{"index": 0, "delta": {"content": "abcdefgh"},
+                                                 "finish_reason": None}],
+                      "usage": {"prompt_tokens": 3, "completion_tokens": 4 * i,
+                                "total_tokens": 3 + 4 * i}})
+        ex.token("", "stop")
+        ex.done()
+
+    with fake_openai(answer) as fake:
+        out = ask(backend(fake.base_url))  # max_tokens 16: four pieces of four tokens
+    assert "".join(out.tokens) == "abcdefgh" * 4 and len(out.tokens) == 16
+    assert out.finish == "length"
+
+
+def test_a_served_answer_of_max_tokens_10_has_10_words_from_pieces_of_5():
+    from stairflow._serve.app import App, Served
+    from tests.serve.test_app import call
+
+    ask_ = {"model": "one", "messages": [{"role": "user", "content": "Why?"}], "max_tokens": 10}
+    with fake_openai(_words_per_piece(5, 20)) as fake:
+        b = backend(fake.base_url)
+        app = App({"one": Served(_one_node(512).build(), b)})
+
+        async def main() -> tuple[Any, Any]:
+            async with b:
+                with trio.fail_after(5):
+                    return (await call(app, "POST", "/v1/chat/completions", ask_),
+                            await call(app, "POST", "/v1/chat/completions",
+                                       {**ask_, "stream": True}))
+
+        whole, streamed = trio.run(main)
+    answer = whole.json()
+    assert len(answer["choices"][0]["message"]["content"].split()) == 10
+    assert answer["usage"]["completion_tokens"] == 10
+    assert answer["choices"][0]["finish_reason"] == "length"
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in streamed.events()[:-1]
+                   if e["choices"])
+    assert len(text.split()) == 10
