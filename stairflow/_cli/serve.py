@@ -45,6 +45,11 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--server-key-env", metavar="VAR",
                    help="require 'Authorization: Bearer KEY' on /v1, KEY read from this "
                         "environment variable")
+    s.add_argument("--metrics-key-env", metavar="VAR",
+                   help="let any client that sends 'Authorization: Bearer KEY' read /metrics, "
+                        "KEY read from this environment variable (it may be the same as "
+                        "--server-key-env's); without it, /metrics answers loopback clients "
+                        "only")
     s.add_argument("--max-concurrent", type=int, default=Limits.max_concurrent, metavar="N",
                    help=f"runs at once; more requests get 429 (default {Limits.max_concurrent})")
     s.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes, metavar="N",
@@ -57,9 +62,18 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--body-timeout", type=float, default=Limits.body_timeout_s, metavar="S",
                    help="a request's body must arrive within S seconds, or 408 (default "
                         f"{Limits.body_timeout_s:g})")
+    s.add_argument("--send-timeout", type=float, default=Limits.send_timeout_s, metavar="S",
+                   help="a client that takes nothing of its answer for S seconds (it stopped "
+                        "reading) is cut off and its run cancelled (default "
+                        f"{Limits.send_timeout_s:g})")
+    s.add_argument("--max-unsent-bytes", type=int, default=Limits.max_unsent_bytes,
+                   metavar="N", help="a stream's client that falls N bytes of answer behind "
+                                     "is cut off and its run cancelled (default "
+                                     f"{Limits.max_unsent_bytes})")
     s.add_argument("--shutdown-grace", type=float, default=10.0, metavar="S",
                    help="on SIGTERM or Ctrl-C, let answers in progress finish for S seconds, "
-                        "then end them with an error event (default 10)")
+                        "then end them with an error event; a second signal ends them at once "
+                        "(default 10)")
     s.add_argument("--log-prompts", action="store_true",
                    help="log each request's conversation and answer (off: never logged)")
     add_backend_options(s)
@@ -78,7 +92,8 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) ->
     for flag, value in (("--max-concurrent", args.max_concurrent),
                         ("--max-body-bytes", args.max_body_bytes),
                         ("--max-messages", args.max_messages),
-                        ("--max-answer-tokens", args.max_answer_tokens)):
+                        ("--max-answer-tokens", args.max_answer_tokens),
+                        ("--max-unsent-bytes", args.max_unsent_bytes)):
         if value < 1:
             raise ConfigError(f"{flag} {value}: use a whole number >= 1")
     if args.port is not None and not 0 <= args.port <= 65535:
@@ -86,12 +101,15 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) ->
     if not 0 <= args.shutdown_grace <= 3600:
         raise ConfigError(f"--shutdown-grace {args.shutdown_grace:g}: give seconds from 0 to "
                           "3600")
-    if not 0 < args.body_timeout <= 3600:
-        raise ConfigError(f"--body-timeout {args.body_timeout:g}: give seconds above 0, at "
-                          "most 3600")
+    for flag, seconds in (("--body-timeout", args.body_timeout),
+                          ("--send-timeout", args.send_timeout)):
+        if not 0 < seconds <= 3600:  # also false for nan
+            raise ConfigError(f"{flag} {seconds:g}: give seconds above 0, at most 3600")
     limits = Limits(args.max_body_bytes, args.max_messages, args.max_answer_tokens,
-                    args.max_concurrent, args.body_timeout)
+                    args.max_concurrent, args.body_timeout, args.send_timeout,
+                    args.max_unsent_bytes)
     key = _server_key(args.server_key_env, err)
+    metrics_key = _server_key(args.metrics_key_env, err, "--metrics-key-env")
     graphs = {}
     for spec in args.graphs:
         graph = resolve_graph(spec).with_mode(args.mode)
@@ -113,7 +131,6 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) ->
 
     async def main() -> None:
         from hypercorn.config import Config
-        from hypercorn.trio import serve
 
         async with AsyncExitStack() as stack:
             if any(needs_local_model(g, choice, options) for g in graphs.values()):  # type: ignore[arg-type]
@@ -125,7 +142,7 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) ->
                     open_backend(graph, own, **options))  # type: ignore[arg-type]
                 served[name] = Served(graph, backend)
             app = App(served, api_key=key, limits=limits, log=log,
-                      log_prompts=args.log_prompts)
+                      log_prompts=args.log_prompts, metrics_key=metrics_key)
             config = Config()
             config.bind = [f"[{args.host}]:{port}" if ":" in args.host else
                            f"{args.host}:{port}"]
@@ -134,27 +151,37 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) ->
             # connections waiting to be accepted: Hypercorn's 100 refused some of 500 clients
             # connecting at once (benchmarks/serve_load.py); the kernel caps it (somaxconn)
             config.backlog = 4096
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            stopping = trio.Event()
 
-                async def shutdown() -> None:
-                    async for _ in signals:
-                        return
+            async def shutdown() -> None:  # Hypercorn stops taking connections, gives grace
+                await stopping.wait()
 
-                async with trio.open_nursery() as nursery:
-                    bound = await nursery.start(
-                        lambda task_status: serve(app, config,  # type: ignore[arg-type]
-                                                  shutdown_trigger=shutdown,
-                                                  task_status=task_status))
-                    names = ", ".join(graphs)
-                    where = {describe_backend(s.backend).name for s in served.values()}
-                    print(f"serving {names} ({args.mode}; {', '.join(sorted(where))}) as "
-                          f"OpenAI-compatible models at {bound[0]}/v1 (Ctrl-C to stop)",
-                          file=out, flush=True)
-                    if any(describe_backend(s.backend).simulated for s in served.values()):
-                        print("[simulated backend: placeholder text, timings from the timing "
-                              "model, real time; answers say system_fingerprint "
-                              "'stairflow-simulated']", file=err, flush=True)
+            # signals the receiver holds when it closes are raised again, to these handlers
+            # (a second SIGTERM during the grace period killed the process, status -15)
+            quiet = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGTERM, signal.SIGINT)}
+            try:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async with trio.open_nursery() as nursery:
 
+                        async def listen() -> None:
+                            async for sig in signals:
+                                if stopping.is_set():  # the second: end the answers now
+                                    log(f"{signal.Signals(sig).name} again: ending the answers "
+                                        "in progress now")
+                                    nursery.cancel_scope.cancel()
+                                    return
+                                log(f"{signal.Signals(sig).name}: stopping; answers in progress "
+                                    f"have {args.shutdown_grace:g} s to finish (send the signal "
+                                    "again to end them now)")
+                                stopping.set()
+
+                        nursery.start_soon(listen)
+                        await _serve_until_stopped(nursery, app, config, shutdown, args, graphs,
+                                                   served, out, err)
+                        nursery.cancel_scope.cancel()  # the listener
+            finally:
+                for sig, handler in quiet.items():
+                    signal.signal(sig, handler)
     try:
         trio.run(main)
     except LocalModelMissing as exc:
@@ -169,6 +196,38 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) ->
     return 0
 
 
+async def _serve_until_stopped(nursery: trio.Nursery, app: App, config: Any, shutdown: Any,
+                               args: argparse.Namespace, graphs: dict[str, Any],
+                               served: dict[str, Served], out: TextIO, err: TextIO) -> None:
+    """Serve ``app`` with Hypercorn until ``shutdown`` returns and the grace period ends."""
+    from hypercorn.trio import serve
+
+    done = trio.Event()
+
+    async def serving(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await serve(app, config, shutdown_trigger=shutdown,  # type: ignore[arg-type]
+                        task_status=task_status)
+        finally:
+            done.set()
+
+    bound = await nursery.start(serving)
+    names = ", ".join(graphs)
+    where = {describe_backend(s.backend).name for s in served.values()}
+    port_line = (f"serving {names} ({args.mode}; {', '.join(sorted(where))}) as "
+                 f"OpenAI-compatible models at {bound[0]}/v1 (Ctrl-C to stop)")
+    print(port_line, file=out, flush=True)
+    if any(describe_backend(s.backend).simulated for s in served.values()):
+        print("[simulated backend: placeholder text, timings from the timing "
+              "model, real time; answers say system_fingerprint "
+              "'stairflow-simulated']", file=err, flush=True)
+    await done.wait()
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    """A signal raised again after the server stopped: it has been acted on already."""
+
+
 def _leaf(exc: BaseException, kind: type[OSError]) -> OSError | None:
     """``exc`` if it is a ``kind``, or the one ``kind`` a group of exceptions holds."""
     if isinstance(exc, kind):
@@ -180,7 +239,7 @@ def _leaf(exc: BaseException, kind: type[OSError]) -> OSError | None:
     return None
 
 
-def _server_key(var: str | None, err: TextIO) -> str | None:
+def _server_key(var: str | None, err: TextIO, flag: str = "--server-key-env") -> str | None:
     """The key clients must send, from the variable ``var``. Whitespace around it (a secrets
     file's trailing newline) is stripped, with a warning: no client could send it, so every
     request would get 401."""
@@ -189,13 +248,13 @@ def _server_key(var: str | None, err: TextIO) -> str | None:
     given = os.environ.get(var, "")
     key = given.strip()
     if not given:
-        raise ConfigError(f"--server-key-env {var}: the environment variable {var} is not set "
+        raise ConfigError(f"{flag} {var}: the environment variable {var} is not set "
                           "or empty; export the key there")
     if not key:
-        raise ConfigError(f"--server-key-env {var}: the environment variable {var} holds only "
+        raise ConfigError(f"{flag} {var}: the environment variable {var} holds only "
                           "whitespace; export the key there")
     if not key.isprintable() or not key.isascii():
-        raise ConfigError(f"--server-key-env {var}: the key in {var} holds characters that "
+        raise ConfigError(f"{flag} {var}: the key in {var} holds characters that "
                           "cannot go in an HTTP header (a line break?); check its value")
     if key != given:
         print(f"stairflow: warning: the key in {var} had whitespace around it (a trailing "

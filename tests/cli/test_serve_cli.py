@@ -34,6 +34,11 @@ def test_serve_without_a_graph_is_the_old_spelling_of_local_start(monkeypatch, a
         (("moa", "--port", "-1"), "--port -1: use a port from 0"),
         (("moa", "--shutdown-grace", "-1"), "--shutdown-grace -1: give seconds"),
         (("moa", "--body-timeout", "0"), "--body-timeout 0: give seconds above 0"),
+        (("moa", "--send-timeout", "0"), "--send-timeout 0: give seconds above 0, at most 3600"),
+        (("moa", "--send-timeout", "nan"), "--send-timeout nan: give seconds above 0"),
+        (("moa", "--max-unsent-bytes", "0"), "--max-unsent-bytes 0: use a whole number >= 1"),
+        (("moa", "--metrics-key-env", "STAIRFLOW_TEST_NO_SUCH_VAR"),
+         "--metrics-key-env STAIRFLOW_TEST_NO_SUCH_VAR: the environment variable"),
     ],
 )
 def test_serve_bad_options_are_one_line_errors(args, message):

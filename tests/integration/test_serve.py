@@ -11,11 +11,13 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -241,3 +243,56 @@ def test_sigterm_ends_an_answer_in_progress_with_an_error_the_client_sees():
         with pytest.raises(openai.APIError, match="shutting down"):
             read_and_stop_the_server()
         PROCS[url].wait(15)  # and it exits, cleanly (checked on leaving)
+
+
+def get(url: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url.removesuffix("/v1") + path, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_metrics_through_hypercorn_parse_with_prometheus_client():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with serving("moa", "--backend", "sim") as url:
+        client = openai.OpenAI(base_url=url, api_key="unused")
+        client.chat.completions.create(model="moa", messages=ASK, max_tokens=5)  # type: ignore[arg-type]
+        status, text = get(url, "/metrics")  # from loopback: no key needed
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert {"stairflow_runs_in_flight", "stairflow_requests", "stairflow_ttft_seconds",
+            "stairflow_request_duration_seconds", "stairflow_prompt_tokens",
+            "stairflow_completion_tokens", "stairflow_rate_limited",
+            "stairflow_upstream_errors"} <= set(families)
+    (done,) = [s for s in families["stairflow_requests"].samples
+               if s.name == "stairflow_requests_total" and s.labels["route"] == "chat"]
+    assert done.labels == {"route": "chat", "graph": "moa", "status": "200"} and done.value == 1
+
+
+def test_metrics_with_a_metrics_key():
+    with serving("moa", "--backend", "sim", "--metrics-key-env", "METRICS_KEY",
+                 env={"METRICS_KEY": "m3trics"}) as url:
+        assert get(url, "/metrics")[0] == 401
+        status, text = get(url, "/metrics", {"Authorization": "Bearer m3trics"})
+    assert status == 200 and "stairflow_runs_in_flight" in text
+
+
+def test_a_websocket_handshake_under_hypercorn_gets_a_json_error():
+    with serving("moa", "--backend", "sim") as url:
+        host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(b"GET /v1/chat/completions HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                      b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                      b"Sec-WebSocket-Version: 13\r\n\r\n")
+            answer = b""
+            while b"}}" not in answer:
+                part = s.recv(4096)
+                if not part:
+                    break
+                answer += part
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), answer
+    assert json.loads(body)["error"]["code"] == "websocket_not_supported"

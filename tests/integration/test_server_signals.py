@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import signal
 import stat
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -129,3 +133,80 @@ def test_exit_reasons_name_the_signal_and_its_cause(code: int, words: str) -> No
     assert words in reason
     if code < 0 and -code < 100:
         assert signal.Signals(-code).name in reason
+
+
+# -- `stairflow serve`: SIGTERM / SIGINT ------------------------------------------------------------
+
+@contextmanager
+def _serve_process(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], str,
+                                                                 Path]]:
+    """``stairflow serve moa --backend sim ARGS`` on a free port: the process, its /v1 URL
+    (once it listens) and its log file; killed on leaving if it still runs."""
+    log = tmp_path / "serve.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "stairflow", "serve", "moa",
+                                 "--backend", "sim", "--port", "0", *args],
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # printed once it listens
+        assert "/v1" in line, log.read_text()
+        yield proc, line.split(" at ")[1].split()[0], log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def _wait_for(log: Path, text: str, proc: subprocess.Popen[str]) -> None:
+    """Until the server's log says ``text`` (another process: poll its log)."""
+    deadline = time.monotonic() + 10
+    while text not in log.read_text():
+        assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+        time.sleep(0.02)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_a_second_signal_during_the_grace_period_ends_the_answers_at_once(
+        tmp_path: Path, second: signal.Signals) -> None:
+    import openai
+
+    with _serve_process(tmp_path, "--shutdown-grace", "60") as (proc, url, log):
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        stream = client.chat.completions.create(  # the simulated answer takes 7.8 s
+            model="moa", messages=[{"role": "user", "content": "Why?"}], stream=True)
+        chunks = iter(stream)
+        next(chunks)
+        next(chunks)  # the answer is under way
+        proc.send_signal(signal.SIGTERM)
+        _wait_for(log, "SIGTERM: stopping", proc)  # the grace period has begun
+        sent = time.monotonic()
+        proc.send_signal(second)
+        with pytest.raises(openai.APIError, match="shutting down"):
+            for _ in chunks:
+                pass
+        proc.wait(15)
+        took = time.monotonic() - sent
+    # at once, not after the 60-s grace period (nor the answer's end); a clean exit, not the
+    # signal's -15 (a signal the server had received was raised again as it exited)
+    assert took < 5 and proc.returncode == 0, log.read_text()
+    assert f"{second.name} again: ending the answers in progress now" in log.read_text()
+
+
+@pytest.mark.integration
+def test_the_grace_period_ends_with_status_0_whatever_arrives_meanwhile(tmp_path: Path) -> None:
+    import openai
+
+    with _serve_process(tmp_path, "--shutdown-grace", "0.5") as (proc, url, log):
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        stream = client.chat.completions.create(
+            model="moa", messages=[{"role": "user", "content": "Why?"}], stream=True)
+        next(iter(stream))
+        proc.send_signal(signal.SIGINT)
+        _wait_for(log, "SIGINT: stopping", proc)
+        with pytest.raises(openai.APIError, match="shutting down"):
+            for _ in stream:
+                pass
+        proc.wait(15)
+    assert proc.returncode == 0, log.read_text()
