@@ -1,8 +1,10 @@
 """The backend protocol: stream the tokens of one completion request.
 
 A backend is any object with ``open_stream(request)``: it opens a stream for a `Request` as
-an async context manager; iterating the stream gives token deltas (one streamed delta is one
-"token"); after iteration `finish_reason` is ``"stop"`` (the model ended its answer) or
+an async context manager; iterating the stream gives tokens, one at a time (a server that
+sends several in one piece has it split: see `stairflow._backends.openai.split_tokens`), never
+more than the request's ``max_tokens`` (the runtime cuts a stream there anyway); after
+iteration `finish_reason` is ``"stop"`` (the model ended its answer) or
 ``"length"`` (the step's budget ran out) and `usage` holds the token counts. Leaving the
 context closes the request, also on cancellation.
 

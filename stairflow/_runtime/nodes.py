@@ -3,7 +3,12 @@
 An llm node loops: wait for its join, consume what arrived, build the prompt from everything
 received so far, ask the backend to continue its own answer for this step's budget (or to the
 end once every input has ended), stream the tokens out. It ends when the model stops, when it
-reaches ``max_tokens``, or after its final step.
+reaches ``max_tokens``, or after its final step. A request's stream is cut at the request's
+``max_tokens`` whatever the backend does.
+
+An fn node runs the user's function; whatever it raises is the node's error, including
+``SystemExit`` and ``KeyboardInterrupt``, except a real Ctrl-C (the KeyboardInterrupt Trio's
+SIGINT handler raises while the function runs), which stops the whole run as it should.
 """
 
 from __future__ import annotations
