@@ -83,27 +83,50 @@ class _Seen:
 
 
 class _Client:
-    """A request's ``send``, bounded in time: a client that takes nothing for
-    ``timeout_s`` (a full socket buffer: it stopped reading) is cut off (`cut`): the
-    request's scope is cancelled, its run with it, and nothing more is sent."""
+    """A request's ``send``, watched: a client that takes nothing for ``timeout_s`` (its
+    socket buffer is full: it stopped reading) is cut off (`cut`): the request's scope is
+    cancelled, its run with it, its run slot freed (``on_cut``), and nothing more is sent.
+
+    A timer (`watch`), not a timeout around the send: Hypercorn shields its socket writes
+    from cancellation, so a send to a client that stopped reading cannot be cancelled; it
+    stays blocked, holding only its connection, until the client goes away or the server
+    stops, while the run and its slot are let go."""
 
     def __init__(self, send: Send, timeout_s: float) -> None:
         self.send, self.timeout_s = send, timeout_s
         self.scope = trio.CancelScope()
         self.why: str | None = None  # why it was cut off (None: it was not)
+        self.on_cut: list[Callable[[], None]] = []
+        self.sends = 0  # sends started
+        self.busy_since: float | None = None  # when the send under way started
 
     async def __call__(self, message: MutableMapping[str, Any]) -> None:
         if self.why is not None:
             return
-        with trio.move_on_after(self.timeout_s) as waited:
+        self.sends += 1
+        self.busy_since = trio.current_time()
+        try:
             await self.send(message)
-        if waited.cancelled_caught:
-            self.cut(f"the client took nothing for {self.timeout_s:g} s (send timeout)")
+        finally:
+            self.busy_since = None
+
+    async def watch(self) -> None:
+        """Cut the client off once one send has waited ``timeout_s``."""
+        while self.why is None:
+            since, n = self.busy_since, self.sends
+            if since is None:
+                await trio.sleep(self.timeout_s)
+                continue
+            await trio.sleep_until(since + self.timeout_s)
+            if self.busy_since == since and self.sends == n:
+                self.cut(f"the client took nothing for {self.timeout_s:g} s (send timeout)")
 
     def cut(self, why: str) -> None:
         if self.why is None:
             self.why = why
             self.scope.cancel()
+            for release in self.on_cut:
+                release()
 
 
 class App:
@@ -143,16 +166,21 @@ class App:
         client = _Client(send, self.limits.send_timeout_s)
         status, note = 500, ""
         try:
-            with client.scope:
-                status, note = await self._route(scope, receive, client, seen)
-            if client.why is not None:
-                status, note = 499, f"{client.why}; run cancelled"
-        except ApiError as exc:
-            status, note = exc.status, exc.code or exc.kind
-            await _json(_headless(client) if scope["method"] == "HEAD" else client,
-                        exc.status, exc.body(), exc.headers)
-        except _Gone:
-            status, note = 499, "client went away"
+            async with trio.open_nursery() as watching:
+                watching.start_soon(client.watch)
+                try:
+                    with client.scope:
+                        status, note = await self._route(scope, receive, client, seen)
+                    if client.why is not None:
+                        status, note = 499, f"{client.why}; run cancelled"
+                except ApiError as exc:
+                    status, note = exc.status, exc.code or exc.kind
+                    await _json(_headless(client) if scope["method"] == "HEAD" else client,
+                                exc.status, exc.body(), exc.headers)
+                except _Gone:
+                    status, note = 499, "client went away"
+                finally:
+                    watching.cancel_scope.cancel()
         except BaseException as exc:
             if _cancelled(exc):
                 status, note = 503, "cut by the server's shutdown"
@@ -233,11 +261,20 @@ class App:
             gauge = self.metrics.in_flight.labels(name)
             gauge.inc()
             seen.ran = True
+            released = False
+
+            def release() -> None:  # once: at the end, or when the client is cut off
+                nonlocal released
+                if not released:
+                    released = True
+                    self.in_flight -= 1
+                    gauge.dec()
+
+            send.on_cut.append(release)
             try:
                 return await self._complete(name, served, request, receive, send, seen)
             finally:
-                self.in_flight -= 1
-                gauge.dec()
+                release()
         raise ApiError(404, f"no route {clip(method, 20)} {clip(scope['path'], 200)}; this "
                             "server answers /v1/chat/completions, /v1/models, /health and "
                             "/metrics", code="not_found")

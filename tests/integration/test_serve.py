@@ -296,3 +296,50 @@ def test_a_websocket_handshake_under_hypercorn_gets_a_json_error():
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400"), answer
     assert json.loads(body)["error"]["code"] == "websocket_not_supported"
+
+
+BIG = """name = "big"
+[sim]
+latency_s = 0.0
+decode_tps = 200000
+output_tokens = 200000
+[defaults]
+max_tokens = 200000
+[nodes.q]
+kind = "input"
+[nodes.a]
+kind = "llm"
+[nodes.out]
+kind = "output"
+[[edges]]
+from = "q"
+to = "a"
+[[edges]]
+from = "a"
+to = "out"
+"""
+
+
+def test_a_client_that_stops_reading_frees_its_run_slot_after_the_send_timeout(tmp_path):
+    # a long simulated answer (200,000 tokens, written at once) to a client that reads
+    # nothing: Hypercorn's write blocks once the socket buffers are full, and cannot be
+    # cancelled; the app lets the run and its slot go after --send-timeout
+    graph = tmp_path / "big.toml"
+    graph.write_text(BIG)
+    with serving(str(graph), "--backend", "sim", "--send-timeout", "1", "--max-unsent-bytes",
+                 "1000000000", "--shutdown-grace", "0.5") as url:
+        host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+        body = json.dumps({"model": "big", "messages": ASK, "stream": True}).encode()
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect((host, int(port)))
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                      b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            deadline = time.monotonic() + 30
+            while health(url)["runs_in_flight"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)  # another process: poll it
+            assert health(url)["runs_in_flight"] == 1  # under way, then stuck
+            while health(url)["runs_in_flight"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert health(url)["runs_in_flight"] == 0  # the slot is free; the client still
+            # holds its connection, reading nothing

@@ -455,67 +455,92 @@ def test_an_fn_node_raising_keyboard_interrupt_is_a_node_error_502():
     assert any("raised KeyboardInterrupt" in line for line in lines)
 
 
+class _StalledClient:
+    """A streamed request whose client stops reading at some point: from then on a send
+    blocks, shielded from cancellation as Hypercorn's socket writes are, until the client
+    goes away (``leave``)."""
+
+    def __init__(self, stops: Callable[[Any], bool]) -> None:
+        self.stops = stops
+        self.parts = [{"type": "http.request",
+                       "body": json.dumps({**ASK, "stream": True}).encode()}]
+        self.left = trio.Event()
+        self.blocked = trio.Event()
+        self.blocked_at = 0.0
+
+    async def receive(self) -> dict[str, Any]:
+        if self.parts:
+            return self.parts.pop(0)
+        await self.left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Any) -> None:
+        if not self.left.is_set() and self.stops(message):
+            if not self.blocked.is_set():
+                self.blocked_at = trio.current_time()
+                self.blocked.set()
+            with trio.CancelScope(shield=True):
+                await self.left.wait()
+
+    def leave(self) -> None:
+        self.left.set()
+
+    async def request(self, app: App) -> None:
+        await app({"type": "http", "method": "POST", "path": "/v1/chat/completions",
+                   "headers": [], "client": ("127.0.0.1", 1)}, self.receive, self.send)
+
+
 def test_a_client_that_stops_reading_is_cut_off_after_the_send_timeout():
-    async def go(app: App, backend: Counting) -> tuple[float, int, int, list[str]]:
-        parts = [{"type": "http.request", "body": json.dumps({**ASK, "stream": True}).encode()}]
-        sent: list[Any] = []
+    sent: list[Any] = []
 
-        async def receive() -> dict[str, Any]:
-            if parts:
-                return parts.pop(0)
-            await trio.sleep_forever()
-            raise AssertionError
+    def stops(message: Any) -> bool:
+        sent.append(message)
+        return len(sent) > 3  # the second text: its socket buffer is full
 
-        async def send(message: Any) -> None:
-            sent.append(message)
-            if len(sent) > 3:  # the client's socket buffer is full: it stopped reading
-                blocked.append(trio.current_time())
-                await trio.sleep_forever()
+    client = _StalledClient(stops)
 
-        with trio.fail_after(100):  # without a send timeout: a failure, not a hang
-            await app({"type": "http", "method": "POST", "path": "/v1/chat/completions",
-                       "headers": [], "client": ("127.0.0.1", 1)}, receive, send)
-        return trio.current_time() - blocked[0], backend.open, app.in_flight, lines
+    async def go(app: App, backend: Counting) -> list[tuple[int, int]]:
+        seen = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.request, app)
+            await client.blocked.wait()
+            await trio.sleep_until(client.blocked_at + 4.999)  # virtual time
+            seen.append((app.in_flight, backend.open))
+            await trio.sleep_until(client.blocked_at + 5.001)
+            seen.append((app.in_flight, backend.open))
+            client.leave()  # the send returns only when the client goes away
+        return seen
 
     lines: list[str] = []
-    blocked: list[float] = []
-    held, still_open, in_flight, _ = serve(go, limits=Limits(send_timeout_s=5),
-                                           log=lines.append)
-    # a send blocked (the second text, a quarter of a second in); 5 s later the request is
-    # over, its run cancelled with every model stream, its slot free
-    assert len(blocked) == 1 and 0.2 < blocked[0] < 0.3 and held == pytest.approx(5)
-    assert still_open == 0 and in_flight == 0
+    before, after = serve(go, limits=Limits(send_timeout_s=5), log=lines.append)
+    assert 0.2 < client.blocked_at < 0.3
+    # 5 s after the send blocked, the run is cancelled with every model stream and its slot
+    # is free, though the send (shielded) is still blocked
+    assert before[0] == 1 and before[1] > 0 and after == (0, 0)
     assert " 499 the client took nothing for 5 s (send timeout); run cancelled" in lines[-1]
 
 
 def test_a_client_that_falls_too_far_behind_the_answer_is_cut_off():
-    async def go(app: App, backend: Counting) -> tuple[float, int, int]:
-        parts = [{"type": "http.request", "body": json.dumps({**ASK, "stream": True}).encode()}]
-        blocked = 0
+    def stops(message: Any) -> bool:  # the first text never leaves
+        return b'"content":"' in message.get("body", b"") and \
+            b'"content":""' not in message["body"]
 
-        async def receive() -> dict[str, Any]:
-            if parts:
-                return parts.pop(0)
-            await trio.sleep_forever()
-            raise AssertionError
+    client = _StalledClient(stops)
 
-        async def send(message: Any) -> None:
-            nonlocal blocked
-            if b'"content":"' in message.get("body", b"") and b'"content":""' not in \
-                    message["body"]:
-                blocked += 1
-                await trio.sleep_forever()  # the first text never leaves: a stalled client
-
-        await app({"type": "http", "method": "POST", "path": "/v1/chat/completions",
-                   "headers": [], "client": ("127.0.0.1", 1)}, receive, send)
-        return trio.current_time(), backend.open, blocked
+    async def go(app: App, backend: Counting) -> tuple[int, int]:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.request, app)
+            await client.blocked.wait()
+            await trio.sleep_until(3)  # virtual time
+            in_flight, still_open = app.in_flight, backend.open
+            client.leave()
+        return in_flight, still_open
 
     lines: list[str] = []
-    ended, still_open, blocked = serve(go, limits=Limits(max_unsent_bytes=200),
-                                       log=lines.append)
-    # cut as soon as 200 bytes of answer waited, long before the 30-s send timeout and
-    # before the 7.8-s answer's end
-    assert ended < 3 and still_open == 0 and blocked == 1
+    in_flight, still_open = serve(go, limits=Limits(max_unsent_bytes=200), log=lines.append)
+    # cut once 200 bytes of answer waited: before 3 s, long before the 30-s send timeout
+    # and the 7.8-s answer's end; the run cancelled, its slot free
+    assert in_flight == 0 and still_open == 0
     assert "fell over 200 bytes behind the answer (max_unsent_bytes)" in lines[-1]
 
 
