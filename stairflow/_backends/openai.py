@@ -388,15 +388,13 @@ class _Stream:
         return token
 
     async def _at_limit(self) -> None:
-        """The limit is reached: the answer ends here. A server that keeps to its limit says
-        so in its next event (a finish reason, no text), which is read if it is not known
-        yet (for at most `LIMIT_PEEK_S`); one that sends more text is cut there, and the
-        finish reason is "length"."""
-        if self.finish_reason is not None:
-            return
+        """The limit is reached: the answer ends here. A server that keeps to its limit ends
+        its stream now (its finish reason, its usage, no more text): the rest is read, for
+        at most `LIMIT_PEEK_S`, for the usage it reports. One that sends more text is cut
+        there, and the finish reason is "length"."""
         more = False
         with trio.move_on_after(min(LIMIT_PEEK_S, self._call.ep.wait_s())):
-            while self.finish_reason is None and not more:
+            while not more:
                 try:
                     more = bool(self._take(await self._chunks.__anext__()))
                 except (StopAsyncIteration, Exception):

@@ -626,3 +626,25 @@ def test_a_served_answer_of_max_tokens_10_has_10_words_from_pieces_of_5():
     text = "".join(e["choices"][0]["delta"].get("content", "") for e in streamed.events()[:-1]
                    if e["choices"])
     assert len(text.split()) == 10
+
+
+def test_a_request_that_reaches_its_max_tokens_still_reads_the_usage_after_it():
+    def answer(ex: Exchange) -> None:  # keeps to max_tokens 4: its finish, then its usage
+        ex.sse()
+        for i in range(4):
+            ex.token(f" w{i}")
+        ex.token("", "length")
+        ex.event({"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                  "choices": [], "usage": {"prompt_tokens": 21, "completion_tokens": 4,
+                                           "total_tokens": 25}})
+        ex.done()
+
+    with fake_openai(answer) as fake:
+        b = backend(fake.base_url)
+        try:
+            report = sf.run(_one_node(4), "why?", backend=b)
+        finally:
+            trio.run(b.aclose)
+    assert report.output == " w0 w1 w2 w3" and report.prompt_tokens == 21
+    (end,) = report.trace.of("request_end", "a")
+    assert end.data["finish_reason"] == "length"
