@@ -343,3 +343,27 @@ def test_a_client_that_stops_reading_frees_its_run_slot_after_the_send_timeout(t
                 time.sleep(0.05)
             assert health(url)["runs_in_flight"] == 0  # the slot is free; the client still
             # holds its connection, reading nothing
+
+
+def test_sigterm_ends_a_whole_answer_in_progress_with_a_503():
+    with serving("moa", "--backend", "sim", "--shutdown-grace", "0.5") as url:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        errors: list[openai.APIStatusError] = []
+
+        def ask() -> None:  # the simulated answer takes 7.8 s
+            try:
+                client.chat.completions.create(model="moa", messages=ASK)  # type: ignore[arg-type]
+            except openai.APIStatusError as exc:
+                errors.append(exc)
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        deadline = time.monotonic() + 10
+        while not health(url)["runs_in_flight"] and time.monotonic() < deadline:
+            time.sleep(0.02)  # another process: poll it
+        os.kill(PROCS[url].pid, signal.SIGTERM)
+        asking.join(15)
+        PROCS[url].wait(15)  # and it exits, cleanly (checked on leaving)
+    (error,) = errors
+    assert error.status_code == 503 and "shutting down" in error.message
+    assert error.code == "server_shutdown"
