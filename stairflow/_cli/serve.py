@@ -4,6 +4,11 @@ Hypercorn serves the ASGI app of `stairflow._serve.app` with its Trio worker, in
 Trio run as the graphs' backends: one backend per graph, opened once (the local model
 started once for all of them). ``serve`` without a graph is the old spelling of
 ``stairflow local start --foreground``: it still works, with a warning, for one release.
+
+SIGTERM or SIGINT stops it: Hypercorn takes no more connections and gives the answers in
+progress ``--shutdown-grace`` seconds; a second signal ends them at once. Either way each
+answer still running gets its shutdown error, and the process exits with status 0 (a signal
+that came meanwhile is not raised again once the receiver closes).
 """
 
 from __future__ import annotations
