@@ -76,11 +76,15 @@ class BackendError(NodeError):
     ``transient``: the same request may well succeed later (the server was unreachable,
     overloaded, timed out or broke the connection), as opposed to one it refused for what the
     request is (an unknown model, a bad key, malformed data). `stairflow.run_batch` retries a
-    prompt whose run failed with a transient error."""
+    prompt whose run failed with a transient error. ``kind``: what failed, in a word
+    (``connect``, ``read_timeout``, ``http_429``, ...: see docs/serving.md#metrics), or
+    ``other``."""
 
-    def __init__(self, node: str, message: str, *, transient: bool = False) -> None:
+    def __init__(self, node: str, message: str, *, transient: bool = False,
+                 kind: str = "other") -> None:
         super().__init__(node, message)
         self.transient = transient
+        self.kind = kind
 
 
 class InternalError(StairflowError):

@@ -46,7 +46,7 @@ import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -217,7 +217,7 @@ class _Call:
         """The node's error: one line, naming endpoint and model, with no key in it."""
         self.note(kind)
         text = one_line(redact(f"{self.ep.describe()}: {message}", self.secrets))
-        return BackendError(self.node, text, transient=transient)
+        return BackendError(self.node, text, transient=transient, kind=kind)
 
     def late(self) -> BackendError:
         return self.fail(f"no complete answer within timeout_s = {self.ep.timeout_s:g} s; raise "
@@ -323,6 +323,14 @@ def split_tokens(text: str, limit: int, reported: int | None = None) -> tuple[li
         n = min(reported, limit, len(text))  # cut in as many pieces of about equal length
         units = [text[len(text) * i // n:len(text) * (i + 1) // n] for i in range(n)]
     return units, left
+
+
+@dataclass
+class _Listing:
+    """An endpoint's model listing in flight: done, and its error if it failed."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    error: BackendError | None = None
 
 
 class _Stream:
@@ -477,7 +485,7 @@ class OpenAIBackend:
         self._clients: dict[tuple[str, str | None, float], openai.AsyncOpenAI] = {}
         self._keys: set[str] = set()  # every key a client was made with
         self._models: dict[str, set[str] | None] = {}  # per base URL; None: cannot list
-        self._listing: dict[str, trio.Event] = {}  # base URLs whose listing is in flight
+        self._listing: dict[str, _Listing] = {}  # base URLs whose listing is in flight
         # per base URL: a llama.cpp server's slots, to pin each node to one (None: not
         # llama.cpp, or pinning is off); see stairflow._backends.slots
         self.slots: dict[str, Slots | None] = {}
@@ -715,14 +723,19 @@ class OpenAIBackend:
 
     async def _list_models(self, client: openai.AsyncOpenAI, call: _Call) -> None:
         """The endpoint's models, once per base URL (requests that need them meanwhile wait
-        for the one listing in flight)."""
+        for the one listing in flight, and fail with its error if it fails: an unreachable
+        server is tried, with its retries, once for all of them, not once each in turn)."""
         url = call.ep.base_url
         while url not in self._models:
             listing = self._listing.get(url)
             if listing is not None:
-                await listing.wait()
+                await listing.done.wait()
+                if listing.error is not None:
+                    raise BackendError(call.node, listing.error.reason,
+                                       transient=listing.error.transient,
+                                       kind=listing.error.kind)
                 continue
-            self._listing[url] = trio.Event()
+            listing = self._listing[url] = _Listing()
             try:
                 try:
                     listed = await self._send(call, lambda: client.models.list())
@@ -730,11 +743,12 @@ class OpenAIBackend:
                 except (openai.APIStatusError, AttributeError, TypeError, ValueError):
                     self._models[url] = None  # the server cannot list models: skip
                 except openai.OpenAIError as exc:
-                    raise call.error(exc, "while listing models") from None
+                    listing.error = call.error(exc, "while listing models")
+                    raise listing.error from None
                 if self._pin:  # before any request goes: pinned and unpinned ones never mix
                     self.slots[url] = await self._slots_of(client, call)
             finally:
-                self._listing.pop(url).set()
+                self._listing.pop(url).done.set()
 
     @staticmethod
     async def _slots_of(client: openai.AsyncOpenAI, call: _Call) -> Slots | None:

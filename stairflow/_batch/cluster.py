@@ -34,7 +34,17 @@ from .._errors import ConfigError, RunError, StairflowError
 from .._graph import FrozenGraph, Graph, Mode
 from .prompts import PromptSource
 from .results import ResultsFile
-from .runner import Batch, BatchMode, BatchSummary, Job, default_concurrency, jobs, run_one, setup
+from .runner import (
+    Batch,
+    BatchMode,
+    BatchSummary,
+    Breaker,
+    Job,
+    default_concurrency,
+    jobs,
+    run_one,
+    setup,
+)
 
 __all__ = ["run_on_ray"]
 
@@ -292,6 +302,8 @@ def _drive(ray: Any, pool: _Pool, feed: Iterator[Job], file: ResultsFile, batch:
     pending: dict[Any, tuple[int, list[Job]]] = {}
     flying: dict[int, int] = {}
 
+    breaker = Breaker(batch.concurrency)
+
     def chunk() -> list[Job]:
         if again:
             return again.popleft()
@@ -304,6 +316,8 @@ def _drive(ray: Any, pool: _Pool, feed: Iterator[Job], file: ResultsFile, batch:
                 flying[i] = flying.get(i, 0) + 1
                 batch.in_flight += len(part)
         if not pending:
+            for record in breaker.held:  # the last could not connect, fewer than the limit
+                batch.write(file, record)
             return
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_S)
         for ref in ready:
@@ -323,9 +337,9 @@ def _drive(ray: Any, pool: _Pool, feed: Iterator[Job], file: ResultsFile, batch:
                     raise cause from None
                 raise
             for record in records:
-                if file.write(record):
-                    batch.retried += record["attempts"] - 1
-                    batch._count(record)
+                batch.retried += record["attempts"] - 1
+                if not batch.write(file, record, breaker):
+                    return
 
 
 def _why(exc: BaseException) -> str:

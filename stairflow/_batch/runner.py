@@ -7,7 +7,8 @@ runs one prompt at a time on the batch's one backend (so a local model starts on
 server's connections are reused), retries a run that failed with a transient backend error,
 and appends its result to the results file the moment it finishes. A run that fails for good
 is recorded with its one-line error and the batch goes on; a bad set-up (`ConfigError`) ends
-the batch, since every prompt would fail the same way.
+the batch, since every prompt would fail the same way, and so does an endpoint that refuses
+every connection (`Breaker`): its failures are not recorded, so that a rerun does them.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from .._runtime.run import open_run, prepare
 from .prompts import Prompt, PromptSource, check_prompts, id_key, read_prompts
 from .results import ResultsFile
 
-__all__ = ["MODES", "Batch", "BatchMode", "BatchSummary", "Job", "default_concurrency", "jobs",
-           "open_batch", "run_batch", "run_one", "setup"]
+__all__ = ["MODES", "Batch", "BatchMode", "BatchSummary", "Breaker", "Job", "default_concurrency",
+           "jobs", "open_batch", "run_batch", "run_one", "setup"]
 
 BatchMode = Literal["staircase", "normal", "both"]
 MODES: Mapping[str, tuple[Mode, ...]] = {"staircase": ("staircase",), "normal": ("normal",),
@@ -46,6 +47,7 @@ MAX_RETRY_S = 30.0
 SAMPLE = 10_000  # TTFTs kept for the p50 (a uniform sample: memory stays bounded)
 SIM_CONCURRENCY = 256
 ENDPOINT_CONCURRENCY = 16
+REFUSED_IN_A_ROW = 8  # prompts that could not connect, after their retries: the batch stops
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class Batch:
     ended: float | None = None
     virtual: bool = False  # the clock is Trio's MockClock: times are simulated ones
     interrupted: bool = False
+    stopped: str | None = None  # why the batch stopped before its end (see `Breaker`)
     on_result: Callable[[Mapping[str, Any]], None] | None = None
     _ttfts: list[float] = field(default_factory=list)
     _seen_ttfts: int = 0
@@ -100,6 +103,21 @@ class Batch:
             return None
         ordered = sorted(self._ttfts)
         return ordered[(len(ordered) - 1) // 2]
+
+    def write(self, file: ResultsFile, record: dict[str, Any],
+              breaker: Breaker | None = None) -> bool:
+        """Write a result (through ``breaker``, which may hold it back); False when the
+        breaker says the batch must stop (`stopped` says why)."""
+        if self.stopped is not None:
+            return False
+        records = [record] if breaker is None else breaker.take(record)
+        if records is None:
+            self.stopped = breaker.why() if breaker is not None else ""
+            return False
+        for one in records:
+            if file.write(one):
+                self._count(one)
+        return True
 
     def _count(self, record: Mapping[str, Any]) -> None:
         self._last = self.clock()
@@ -131,7 +149,7 @@ class Batch:
             retried=self.retried, remaining=self.remaining, elapsed_s=elapsed,
             prompts_per_s=self.done / elapsed if elapsed > 0 else 0.0,
             ttft_p50_s=self.ttft_p50(), output_tokens=self.output_tokens,
-            virtual=self.virtual, interrupted=self.interrupted)
+            virtual=self.virtual, interrupted=self.interrupted, stopped=self.stopped)
 
 
 @dataclass(frozen=True)
@@ -158,6 +176,7 @@ class BatchSummary:
     output_tokens: int
     virtual: bool = False  # times are the simulator's, in virtual time
     interrupted: bool = False
+    stopped: str | None = None  # why the batch stopped before its end (nothing to resume)
 
     def describe(self) -> str:
         """Two lines for a person: what was done, and where it is."""
@@ -171,8 +190,10 @@ class BatchSummary:
             f"{self.retried} retried",
             f"results: {self.results}"
             + (" (interrupted: run the same command again to resume)" if self.remaining
-               else ""),
+               and not self.stopped else ""),
         ]
+        if self.stopped:
+            lines.append(f"stopped: {self.stopped}")
         if self.failed:
             lines.append("failed prompts have \"error\" set; --retry-failed runs them again")
         return "\n".join(lines)
@@ -206,7 +227,8 @@ def default_concurrency(backend: Backend, graph: FrozenGraph) -> int:
 
 
 def record_of(job: Job, graph: str, simulated: bool, attempts: int,
-              report: Any = None, error: str | None = None) -> dict[str, Any]:
+              report: Any = None, error: str | None = None,
+              error_kind: str | None = None) -> dict[str, Any]:
     """One line of the results file."""
     out: dict[str, Any] = {"id": job.prompt.id, "mode": job.mode, "graph": graph}
     if report is None:
@@ -218,8 +240,35 @@ def record_of(job: Job, graph: str, simulated: bool, attempts: int,
                 "total_s": _round(report.total_s), "output_tokens": report.output_tokens,
                 "prompt_tokens": report.prompt_tokens, "cached_tokens": report.cached_tokens,
                 "completion_tokens": report.completion_tokens, "llm_calls": report.llm_calls}
-    out |= {"attempts": attempts, "simulated": simulated, "error": error}
+    out |= {"attempts": attempts, "simulated": simulated, "error": error,
+            "error_kind": error_kind}
     return out
+
+
+class Breaker:
+    """Stops a batch whose endpoint refuses every connection, rather than recording each
+    prompt's failure after its retries, for hours. Results that could not connect
+    (``error_kind`` "connect") are held back; `REFUSED_IN_A_ROW` of them in a row (fewer for
+    a batch that runs fewer at once) stop the batch, unwritten, so that the same command
+    resumes once the server is up; any other result releases them to be written."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.limit = max(3, min(REFUSED_IN_A_ROW, concurrency))
+        self.held: list[dict[str, Any]] = []
+
+    def take(self, record: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """The records to write now; None when the batch must stop."""
+        if record.get("error_kind") == "connect":
+            self.held.append(record)
+            return None if len(self.held) >= self.limit else []
+        out, self.held = [*self.held, record], []
+        return out
+
+    def why(self) -> str:
+        last = self.held[-1]
+        return (f"{len(self.held)} prompts in a row could not connect to their endpoint, "
+                f"after {last['attempts'] - 1} retries each ({last['error']}); they are not "
+                "recorded: once the server is up, run the same command again to resume")
 
 
 def _round(t: float | None) -> float | None:
@@ -239,7 +288,8 @@ async def run_one(graph: FrozenGraph, job: Job, backend: Backend, retries: int,
                 pass
         except BackendError as exc:
             if not exc.transient or attempt > retries:
-                return record_of(job, graph.name, info.simulated, attempt, error=str(exc))
+                return record_of(job, graph.name, info.simulated, attempt, error=str(exc),
+                                 error_kind=exc.kind)
             await trio.sleep(min(RETRY_S * 2 ** (attempt - 1), MAX_RETRY_S)
                              * random.uniform(0.75, 1.0))
             attempt += 1
@@ -247,7 +297,8 @@ async def run_one(graph: FrozenGraph, job: Job, backend: Backend, retries: int,
                 on_retry()
             continue
         except RunError as exc:
-            return record_of(job, graph.name, info.simulated, attempt, error=str(exc))
+            return record_of(job, graph.name, info.simulated, attempt, error=str(exc),
+                             error_kind="node")
         record = record_of(job, graph.name, info.simulated, attempt, run.report())
         return redact_data(record, run.secrets)  # type: ignore[no-any-return]
 
@@ -375,6 +426,8 @@ async def _drive(batch: Batch, frozen: Mapping[Mode, FrozenGraph], source: Promp
     def retried() -> None:
         batch.retried += 1
 
+    breaker = Breaker(batch.concurrency)
+
     async def work(recv: trio.MemoryReceiveChannel[Job]) -> None:
         async with recv:
             async for job in recv:
@@ -383,8 +436,8 @@ async def _drive(batch: Batch, frozen: Mapping[Mode, FrozenGraph], source: Promp
                     record = await run_one(frozen[job.mode], job, backend, retries, retried)
                 finally:
                     batch.in_flight -= 1
-                if file.write(record):
-                    batch._count(record)
+                if not batch.write(file, record, breaker):
+                    scope.cancel()
 
     async def feed(send: trio.MemorySendChannel[Job]) -> None:
         async with send:
@@ -398,6 +451,9 @@ async def _drive(batch: Batch, frozen: Mapping[Mode, FrozenGraph], source: Promp
             nursery.start_soon(feed, send)
             for _ in range(batch.concurrency):
                 nursery.start_soon(work, recv.clone())
+    if batch.stopped is None:  # the last ones could not connect, but fewer than the limit
+        for record in breaker.held:
+            batch.write(file, record)
     batch.ended = trio.current_time()
 
 

@@ -150,7 +150,7 @@ def _batch_on(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(summary.describe(), file=err)
     if summary.interrupted:
         return 130
-    return 1 if summary.failed else 0
+    return 1 if summary.failed or summary.stopped else 0
 
 
 def _interruptible(go: Any, held: list[Batch], bar: list[_Bar]) -> BatchSummary:

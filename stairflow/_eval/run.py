@@ -22,7 +22,7 @@ from typing import Any
 from .._backends.base import Backend
 from .._batch.prompts import PromptSource, id_key, read_prompts
 from .._batch.runner import BatchSummary, run_batch
-from .._errors import ConfigError
+from .._errors import ConfigError, RunError
 from .._graph import FrozenGraph, Graph
 from .judge import JUDGE_SYSTEM, judge_messages, outcome, parse_verdict
 from .questions import load_questions
@@ -93,6 +93,8 @@ def run_eval(
     def stage(name: str, summary: BatchSummary) -> None:
         if on_stage is not None:
             on_stage(name, summary)
+        if summary.stopped:  # an endpoint refusing every connection: no point going on
+            raise RunError(f"the {name} stage stopped: {summary.stopped}")
 
     def each(name: str) -> Callable[[Mapping[str, Any]], None] | None:
         if on_result is None:

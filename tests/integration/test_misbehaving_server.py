@@ -532,6 +532,35 @@ def test_each_failed_attempt_is_told_to_the_error_listeners_by_kind(refused_url:
     assert listened(refused_url, max_retries=1) == [(refused_url, "connect")] * 2
 
 
+def test_requests_waiting_for_a_failed_model_listing_share_its_error(refused_url: str):
+    # an unreachable server is tried (with its retry) once for every request waiting on it,
+    # not once per request in turn: ten requests fail together, after one listing
+    b = backend(refused_url, max_retries=1)
+    seen: list[str] = []
+    b.error_listeners.append(lambda base_url, kind: seen.append(kind))
+    errors: list[str] = []
+
+    async def one(i: int) -> None:
+        try:
+            async with b.open_stream(sf.Request(f"n{i}", Q, "", 16, 0.0)):
+                pass
+        except sf.BackendError as exc:
+            assert (exc.transient, exc.kind) == (True, "connect")
+            errors.append(str(exc))
+
+    async def main() -> None:
+        with trio.fail_after(5):
+            async with b, trio.open_nursery() as nursery:
+                for i in range(10):
+                    nursery.start_soon(one, i)
+
+    trio.run(main)
+    assert seen == ["connect"] * 2  # one listing and its retry
+    assert sorted(errors) == sorted(
+        f"node 'n{i}' failed: {refused_url} (model 'm'): cannot connect (after 1 retry); is "
+        "the server running?" for i in range(10))
+
+
 # -- limits count tokens, not pieces --------------------------------------------------------------
 
 def _words_per_piece(words: int, pieces: int) -> Script:
