@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.trace import (
     NoOpTracerProvider,
     ProxyTracerProvider,
@@ -57,7 +58,7 @@ from ._graph import FnNode, InputNode, LLMNode
 if TYPE_CHECKING:
     from ._runtime.run import Run
 
-__all__ = ["RunSpans", "open_spans"]
+__all__ = ["RunSpans", "open_spans", "remote_parent"]
 
 _log = logging.getLogger("stairflow")
 _SCOPE = "stairflow"
@@ -79,6 +80,28 @@ def _tracer() -> Tracer | None:
 
         _cached = (provider, provider.get_tracer(_SCOPE, __version__))
     return _cached[1]
+
+
+@contextmanager
+def remote_parent(headers: Iterable[tuple[bytes, bytes]]) -> Iterator[None]:
+    """The W3C trace context in an HTTP request's ``headers`` (``traceparent``,
+    ``tracestate``: the global propagator's fields), as the current context for the block;
+    the current one stays if the request has none."""
+    carrier = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers
+               if k.lower() in (b"traceparent", b"tracestate", b"baggage")}
+    if not carrier:
+        yield
+        return
+    try:
+        token = otel_context.attach(propagate.extract(carrier))
+    except Exception:  # a malformed header must never fail the request
+        _log.exception("stairflow: could not read the request's trace context")
+        yield
+        return
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 def open_spans(run: Run) -> RunSpans | None:

@@ -25,9 +25,11 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -70,6 +72,17 @@ class Served:
 
 class _Gone(Exception):
     """The client went away before its request was read."""
+
+
+def _caller_trace(headers: Iterable[tuple[bytes, bytes]]) -> AbstractContextManager[None]:
+    """The W3C trace context the request came with (``traceparent``), current for the block:
+    the run's OpenTelemetry spans go under the caller's span. Nothing without OpenTelemetry
+    (see `stairflow._otel`)."""
+    if "opentelemetry.trace" not in sys.modules:
+        return nullcontext()
+    from .._otel import remote_parent
+
+    return remote_parent(headers)
 
 
 @dataclass
@@ -272,7 +285,8 @@ class App:
 
             send.on_cut.append(release)
             try:
-                return await self._complete(name, served, request, receive, send, seen)
+                with _caller_trace(scope["headers"]):  # a served run joins its caller's trace
+                    return await self._complete(name, served, request, receive, send, seen)
             finally:
                 release()
         raise ApiError(404, f"no route {clip(method, 20)} {clip(scope['path'], 200)}; this "
