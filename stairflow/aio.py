@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import importlib
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Unpack
@@ -56,7 +58,12 @@ class Run:
         self._inner = inner
         self._waiters: list[asyncio.Future[None]] = []
         inner.trace.wakers.append(self._wake)
-        drive.on_finish = self._wake
+        drive.on_finish = self._finished
+
+    def _finished(self) -> None:
+        self._wake()
+        # a Report the application keeps must not keep the loop (through this waker)
+        self._inner.trace.wakers.remove(self._wake)
 
     # what stairflow.Run has
 
@@ -148,10 +155,15 @@ async def open_run(
     if the run failed; an exception in the block, or the task's cancellation, cancels the run
     and waits for its model requests to be cancelled before it goes on.
     """
+    loop = _running_loop()
     frozen = _trio.prepare(graph, mode)  # a bad graph or message is the caller's error, here
     query = _trio._message(message, frozen)
+    if _SLOW_IMPORT not in sys.modules and not (isinstance(backend, str) and backend in (
+            "sim", "simulated")) and (backend is None or isinstance(backend, str)):
+        # the first real run imports openai (a quarter of a second): not on the loop
+        await asyncio.to_thread(importlib.import_module, _SLOW_IMPORT)
 
-    drive = _Drive(await _host(), lambda: _trio.open_run(frozen, query, backend=backend,
+    drive = _Drive(await _host(loop), lambda: _trio.open_run(frozen, query, backend=backend,
                                                         mode=mode, **options))
     try:
         inner = await asyncio.shield(drive.opened)
@@ -173,6 +185,9 @@ async def open_run(
     await drive.settle()
     if drive.error is not None:
         raise drive.error
+
+
+_SLOW_IMPORT = "stairflow._backends.openai"
 
 
 async def run(
@@ -239,24 +254,47 @@ class _Host:
         if _HOSTS.get(self.loop) is self:
             del _HOSTS[self.loop]
         error = result.error if isinstance(result, outcome.Error) else None
-        for drive in list(self._drives):  # only if Trio itself failed (a KeyboardInterrupt)
-            drive.finish(error if isinstance(error, Exception) else InternalError(
-                f"the Trio guest run ended under a stairflow run: {error!r}"))
+        for drive in list(self._drives):  # only if Trio itself failed
+            drive.finish(InternalError(f"the Trio guest run ended under a stairflow run: "
+                                       f"{error!r}"))
         if not self.ended.done():
             self.ended.set_result(None)
+        if isinstance(error, KeyboardInterrupt):
+            # Trio took Ctrl-C (its handler is installed where the loop left Python's own,
+            # as loop.run_until_complete does): the program gets it, as without stairflow
+            # (asyncio lets a KeyboardInterrupt out of a callback, and out of the loop)
+            self.loop.call_soon(_reraise, error)
 
 
 _HOSTS: dict[asyncio.AbstractEventLoop, _Host] = {}
 
 
-async def _host() -> _Host:
-    """The host of the running loop: a new one if it has none, or if its last run has just
-    left (its Trio run ends soon, and owns the thread until it has)."""
+def _cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` is Trio's cancellation alone (perhaps in nested groups)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return isinstance(exc, trio.Cancelled)
+
+
+def _reraise(error: BaseException) -> None:
+    raise error
+
+
+def _running_loop() -> asyncio.AbstractEventLoop:
+    if _trio._inside_trio():  # a Trio task: perhaps an fn node of a run under stairflow.aio
+        raise ConfigError("stairflow.aio called from Trio code (an fn node is Trio code, "
+                          "even under stairflow.aio); there, use sf.open_run")
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         raise ConfigError("stairflow.aio needs a running asyncio loop; from Trio use "
                           "sf.open_run, from plain code sf.run") from None
+    return loop
+
+
+async def _host(loop: asyncio.AbstractEventLoop) -> _Host:
+    """The host of ``loop``: a new one if it has none, or if its last run has just left (its
+    Trio run ends soon, and owns the thread until it has)."""
     while (host := _HOSTS.get(loop)) is not None and host.closing:
         await asyncio.shield(host.ended)
     if host is None:
@@ -278,6 +316,7 @@ class _Drive:
         self._scope = trio.CancelScope()
         self._leave = trio.Event()
         self._inner: _trio.Run | None = None
+        self._cancelling = False
         self._host = host
         host.add(self)
 
@@ -290,9 +329,14 @@ class _Drive:
                         self.opened.set_result(inner)
                     await self._leave.wait()
         except BaseException as exc:  # the run's error (a NodeError), or a setup error
-            self.finish(exc)
-            if isinstance(exc, trio.Cancelled):  # the host itself is going: let it
-                raise
+            if not _cancelled(exc):
+                self.finish(exc)
+                return
+            # the host's Trio run is going down under it (Ctrl-C): no Trio exception for
+            # asyncio code (the KeyboardInterrupt goes to the loop), and Trio's own goes on
+            self.finish(asyncio.CancelledError("stairflow.aio: the run was stopped with its "
+                                               "Trio host (Ctrl-C)"))
+            raise
         else:
             self.finish(None)
         finally:
@@ -314,6 +358,10 @@ class _Drive:
             self._host.token.run_sync_soon(fn)
 
     def cancel(self) -> None:
+        if self._cancelling:  # once: anyio cancels a waiting task again at every loop pass
+            return
+        self._cancelling = True
+
         def cancel() -> None:
             if self._inner is not None:
                 self._inner.cancel()  # the run records its cancellation
@@ -325,14 +373,21 @@ class _Drive:
         self._soon(self._leave.set)
 
     async def settle(self) -> None:
-        """Wait for the Trio side to end, however often this task is cancelled meanwhile:
-        the run's requests must not outlive the block."""
-        cancelled = False
-        while not self.finished.done():
-            try:
-                await asyncio.shield(self.finished)
-            except asyncio.CancelledError:
-                cancelled = True
-                self.cancel()
-        if cancelled:
-            raise asyncio.CancelledError
+        """Wait for the Trio side to end, however often this task is cancelled meanwhile
+        (the run's requests must not outlive the block), and if it was the loop's last run,
+        for the host's Trio run to leave the thread (the loop may be closed next). A
+        cancellation that came meanwhile cancels the run, once, and is raised again after,
+        as it came: anyio's cancel scopes know their own by its message."""
+        caught: asyncio.CancelledError | None = None
+        for future in (self.finished, self._host.ended):
+            if future is self._host.ended and not self._host.closing:
+                break
+            while not future.done():
+                try:
+                    await asyncio.shield(future)
+                except asyncio.CancelledError as exc:
+                    if caught is None:
+                        caught = exc
+                        self.cancel()
+        if caught is not None:
+            raise caught

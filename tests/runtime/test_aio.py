@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import signal
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -227,10 +228,83 @@ def test_the_opening_tasks_context_variables_reach_the_nodes():
     assert asyncio.run(main()) == ["request r1", "request r2"]
 
 
+async def nested(inputs: sf.Inputs):
+    async for _ in inputs:
+        pass
+    yield (await sfa.run(fn_graph(tagged), "hi", backend="sim")).output
+
+
 def test_misuse_gets_one_line_errors():
-    with pytest.raises(sf.ConfigError, match="needs a running asyncio loop"):
+    with pytest.raises(sf.ConfigError, match=r"stairflow.aio called from Trio code \(an fn "
+                                             r"node is Trio code, even under stairflow.aio\); "
+                                             r"there, use sf.open_run"):
         trio.run(sfa.run, moa(), "hi")
+    with pytest.raises(sf.NodeError, match=r"node 'f' failed: ConfigError: stairflow.aio called "
+                                           r"from Trio code"):
+        asyncio.run(sfa.run(fn_graph(nested), "hi", backend="sim"))
     with pytest.raises(sf.ConfigError, match="is a name, not a graph"):
         asyncio.run(sfa.run("moa", "hi"))  # type: ignore[arg-type]
     with pytest.raises(sf.ConfigError, match="unknown backend"):
         asyncio.run(sfa.run(moa(), "hi", backend="nope"))  # type: ignore[arg-type]
+
+
+def test_a_cancellation_comes_out_as_it_went_in():
+    # anyio's cancel scopes (FastAPI's timeouts) know their own cancellation by its message
+    answering: asyncio.Event
+    class Answering(sf.SimBackend):
+        @asynccontextmanager
+        async def open_stream(self, request: sf.Request) -> AsyncIterator[Any]:
+            async with super().open_stream(request) as stream:
+                answering.set()  # same thread: the loop's own Event, set from a Trio task
+                yield stream
+
+    backend = Answering(sim={"output_tokens": 100_000})
+
+    async def main() -> None:
+        nonlocal answering
+        answering = asyncio.Event()
+        task = asyncio.create_task(sfa.run(moa(), "hi", backend=backend))
+        await answering.wait()  # its models are answering
+        task.cancel("client went away")
+        with pytest.raises(asyncio.CancelledError) as caught:
+            await task
+        assert caught.value.args == ("client went away",)
+        assert backend.active == 0
+
+    asyncio.run(main())
+
+
+def test_run_until_complete_leaves_no_trio_behind_in_the_thread():
+    # the sync-wrapper pattern: a loop of its own per call, closed at once
+    before = signal.getsignal(signal.SIGINT)
+    for _ in range(3):
+        loop = asyncio.new_event_loop()
+        try:
+            assert loop.run_until_complete(sfa.run(moa(), "hi", backend="sim")).output
+        finally:
+            loop.close()
+        assert signal.getsignal(signal.SIGINT) is before  # Trio's handler is gone with it
+    assert asyncio.run(sfa.run(moa(), "hi", backend="sim")).output  # and another loop runs
+
+
+def test_ctrl_c_under_run_until_complete_reaches_the_program_not_trio_errors():
+    # a loop not started by asyncio.run leaves Python's SIGINT handler, so Trio takes Ctrl-C
+    backend = sf.SimBackend(sim={"output_tokens": 20_000})  # ten seconds of answer
+
+    async def main() -> None:
+        async with sfa.open_run(moa(), "hi", backend=backend) as run:
+            async for event in run:
+                if event.kind == "first_token":
+                    signal.raise_signal(signal.SIGINT)
+
+    loop = asyncio.new_event_loop()
+    try:
+        task = loop.create_task(main())
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(task)
+        with pytest.raises(asyncio.CancelledError, match="stopped with its Trio host"):
+            loop.run_until_complete(task)  # the run's task: asyncio's error, not Trio's
+        assert backend.active == 0
+    finally:
+        loop.close()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
