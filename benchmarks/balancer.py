@@ -20,7 +20,7 @@ simulated backend in real time (``--backend sim``: the paper-calibrated timing, 
   file's ``asgi_app``, built on the private ``stairflow._serve.app.App`` as ``serve`` builds
   it (a measurement, not a supported way to serve).
 
-Needs nginx (``apt-get install nginx-light``) and ``pip install 'stairflow[serve]'``.
+Needs nginx (``apt-get install nginx``) and ``pip install 'stairflow[serve]'``.
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ ASK = [{"role": "user", "content": "Why is the sky blue?"}]
 
 needs_nginx = pytest.mark.skipif(
     NGINX is None, reason="nginx is not installed (/usr/sbin/nginx: the README's test command "
-                          "installs it with apt-get install nginx-light)")
+                          "installs it with apt-get install nginx)")
 
 
 def _kill_group(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, wait: float = 15) -> None:
