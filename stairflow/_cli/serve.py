@@ -8,7 +8,9 @@ started once for all of them). ``serve`` without a graph is the old spelling of
 SIGTERM or SIGINT stops it: Hypercorn takes no more connections and gives the answers in
 progress ``--shutdown-grace`` seconds; a second signal ends them at once. Either way each
 answer still running gets its shutdown error, and the process exits with status 0 (a signal
-that came meanwhile is not raised again once the receiver closes).
+that came meanwhile is not raised again once the receiver closes), at the latest
+`EXIT_MARGIN_S` after the grace period or the second signal, even while a client that
+stopped reading holds its connection.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import copy
 import ipaddress
 import os
 import signal
-from contextlib import AsyncExitStack
+import sys
+from collections.abc import Callable
+from contextlib import AsyncExitStack, suppress
 from typing import Any, TextIO
 
 import trio
@@ -174,11 +178,13 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) ->
                                     log(f"{signal.Signals(sig).name} again: ending the answers "
                                         "in progress now")
                                     nursery.cancel_scope.cancel()
+                                    _exit_after(EXIT_MARGIN_S, log, out, err)
                                     return
                                 log(f"{signal.Signals(sig).name}: stopping; answers in progress "
                                     f"have {args.shutdown_grace:g} s to finish (send the signal "
                                     "again to end them now)")
                                 stopping.set()
+                                _exit_after(args.shutdown_grace + EXIT_MARGIN_S, log, out, err)
 
                         nursery.start_soon(listen)
                         await _serve_until_stopped(nursery, app, config, shutdown, args, graphs,
@@ -227,6 +233,28 @@ async def _serve_until_stopped(nursery: trio.Nursery, app: App, config: Any, shu
               "model, real time; answers say system_fingerprint "
               "'stairflow-simulated']", file=err, flush=True)
     await done.wait()
+
+
+EXIT_MARGIN_S = 2.0  # past the grace period (or the second signal), the process exits anyway
+
+
+def _exit_after(seconds: float, log: Callable[[str], None], out: TextIO, err: TextIO) -> None:
+    """Exit (status 0) ``seconds`` from now if the server has not stopped by then. The runs
+    are all cancelled by that time; what can remain is Hypercorn writing to a client that
+    stopped reading (an HTTP/1.1 socket write it shields from cancellation), which would keep
+    the process up until that client goes away. A system task: the server's own cancel
+    scopes do not reach it, and it ends with the process's Trio run if all goes well."""
+
+    async def watchdog() -> None:
+        await trio.sleep(seconds)
+        log(f"still stopping {seconds:g} s on: connections to clients that stopped reading "
+            "are still open; exiting without them")
+        for stream in (out, err, sys.stdout, sys.stderr):
+            with suppress(Exception):
+                stream.flush()
+        os._exit(0)
+
+    trio.lowlevel.spawn_system_task(watchdog)
 
 
 def _ignore(signum: int, frame: Any) -> None:

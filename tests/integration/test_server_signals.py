@@ -8,7 +8,9 @@ kernel's 'trap invalid opcode'), so the path is tested on any machine.
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -210,3 +212,53 @@ def test_the_grace_period_ends_with_status_0_whatever_arrives_meanwhile(tmp_path
                 pass
         proc.wait(15)
     assert proc.returncode == 0, log.read_text()
+
+
+FAST_LONG = ('name = "long"\n[sim]\nlatency_s = 0.01\ndecode_tps = 200000\n'
+             'output_tokens = 50000\n[nodes.q]\nkind = "input"\n[nodes.a]\nkind = "llm"\n'
+             'max_tokens = 50000\n[nodes.o]\nkind = "output"\n[[edges]]\nfrom = "q"\nto = "a"\n'
+             '[[edges]]\nfrom = "a"\nto = "o"\n')
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_client_that_stopped_reading_does_not_keep_the_server_up(tmp_path: Path,
+                                                                   stream: bool) -> None:
+    # HTTP/1.1, a small receive buffer, a 50,000-token answer (a few hundred KB) never read:
+    # Hypercorn's write to it cannot be cancelled, and the process stayed up past the grace
+    # period and a second signal, until the client went away
+    graph = tmp_path / "long.toml"
+    graph.write_text(FAST_LONG)
+    log = tmp_path / "serve.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "stairflow", "serve", str(graph),
+                                 "--backend", "sim", "--port", "0", "--shutdown-grace", "1",
+                                 "--send-timeout", "600", "--max-unsent-bytes", "100000000",
+                                 "--max-answer-tokens", "50000"],
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+    client = socket.socket()
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # printed once it listens
+        port = int(line.split(" at ")[1].split("/v1")[0].rsplit(":", 1)[1])
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+        client.connect(("127.0.0.1", port))
+        body = json.dumps({"model": "long", "messages": [{"role": "user", "content": "go"}],
+                           "max_tokens": 50000, "stream": stream}).encode()
+        client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                       b"application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        client.settimeout(30)
+        assert client.recv(1, socket.MSG_PEEK)  # the answer is being written, and not read
+        proc.send_signal(signal.SIGTERM)
+        _wait_for(log, "SIGTERM: stopping", proc)
+        sent = time.monotonic()
+        proc.wait(30)
+        took = time.monotonic() - sent
+    finally:
+        client.close()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    assert proc.returncode == 0, log.read_text()
+    assert took < 1 + 2 + 3, log.read_text()  # the grace period, the margin, a busy machine
+    assert "connections to clients that stopped reading are still open" in log.read_text()
