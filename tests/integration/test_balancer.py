@@ -36,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, suppress
@@ -257,6 +258,12 @@ def test_streams_pass_through_nginx_unbuffered(cluster: Callable[[float], Cluste
     assert spread["direct"] > 0.1
     assert spread["nginx"] > 0.75 * spread["direct"]
     assert ttft["nginx"] - ttft["direct"] <= 0.005
+    # /metrics is for loopback clients, and through nginx every client is one: not passed on
+    with urllib.request.urlopen(f"http://{c.replicas[0].addr}/metrics", timeout=5) as r:
+        assert b"stairflow_requests_total" in r.read()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(c.url.removesuffix("/v1") + "/metrics", timeout=5)
+    assert refused.value.code == 404 and b"scrape /metrics on each replica" in refused.value.read()
 
 
 @dataclass
