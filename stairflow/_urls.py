@@ -4,10 +4,12 @@ keeping the credentials a URL may carry (``http://user:KEY@host/v1``) out of wha
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote, urlsplit
+from contextlib import suppress
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 __all__ = ["ENV_NAME", "display_url", "url_problem", "url_secrets"]
 
+MIN_QUERY_SECRET = 8  # shorter query values (?v=1) are not redacted from what servers say
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")  # an environment variable's name
 
 # the scheme (or "//") before an authority; the authority ends at the first of "/?#"
@@ -47,10 +49,18 @@ def _userinfo(url: str, broken: bool = False) -> tuple[int, int] | None:
 
 def display_url(url: str) -> str:
     """``url`` fit to print or record: its userinfo (``user:KEY@``), which is a credential,
-    becomes ``[redacted]@``. Parsed by hand, not by `urlsplit`: a URL too broken to parse is
-    still shown, in error messages."""
+    becomes ``[redacted]@``, and its query and fragment (``?api-key=...``, where a key may
+    travel too) ``?[redacted]``. Parsed by hand, not by `urlsplit`: a URL too broken to
+    parse is still shown, in error messages."""
     found = _userinfo(url, broken=url_problem(url) is not None)
-    return url if found is None else f"{url[:found[0]]}[redacted]@{url[found[1]:]}"
+    if found is None:
+        start = _START.match(url)
+        shown, begin = url, start.end() if start else 0
+    else:
+        shown = f"{url[:found[0]]}[redacted]@{url[found[1]:]}"
+        begin = found[0] + len("[redacted]@")
+    query = min((i for i in (shown.find(c, begin) for c in "?#") if i >= 0), default=-1)
+    return shown if query < 0 else f"{shown[:query]}?[redacted]"
 
 
 def url_secrets(url: str) -> tuple[str, ...]:
@@ -58,12 +68,14 @@ def url_secrets(url: str) -> tuple[str, ...]:
     written, decoded (``user:password``, the password alone, the user alone when there is no
     password). An HTTP client sends them as ``Authorization: Basic base64(user:password)``;
     `stairflow._backends.redact.redact` finds secrets base64-encoded too."""
+    forms: set[str] = set()
+    with suppress(ValueError):  # the query's values long enough to be keys (?api-key=...)
+        forms |= {v for _, v in parse_qsl(urlsplit(url).query) if len(v) >= MIN_QUERY_SECRET}
     found = _userinfo(url)
-    if found is None:
-        return ()
-    raw = url[found[0]:found[1] - 1]
-    user, _, password = raw.partition(":")
-    forms = {raw, password, unquote(password), f"{unquote(user)}:{unquote(password)}"}
-    if not password:  # a key given as the user name (http://KEY@host/)
-        forms |= {user, unquote(user)}
+    if found is not None:
+        raw = url[found[0]:found[1] - 1]
+        user, _, password = raw.partition(":")
+        forms |= {raw, password, unquote(password), f"{unquote(user)}:{unquote(password)}"}
+        if not password:  # a key given as the user name (http://KEY@host/)
+            forms |= {user, unquote(user)}
     return tuple(sorted(f for f in forms if f and f != ":"))

@@ -25,17 +25,19 @@ KEY = "sk-url/Zq8+key-77c1e0"
 @pytest.mark.parametrize(("url", "shown"), [
     ("http://alice:s3cret-key@host:8000/v1", "http://[redacted]@host:8000/v1"),
     ("https://s3cret-key@host/v1", "https://[redacted]@host/v1"),
-    ("http://alice:s3cret@key@host/v1?q=a@b#c@d", "http://[redacted]@host/v1?q=a@b#c@d"),
+    ("http://alice:s3cret@key@host/v1?q=a@b#c@d", "http://[redacted]@host/v1?[redacted]"),
     ("HTTP://u:p@[::1]:8/v1", "HTTP://[redacted]@[::1]:8/v1"),
     ("ftp://u:s3cret-key@host", "ftp://[redacted]@host"),  # shown in "not usable" errors
     ("http://u:sk-a/b@host/v1", "http://[redacted]@host/v1"),  # unusable: an unescaped "/"
     ("u:s3cret-key@host/v1", "[redacted]@host/v1"),  # a forgotten scheme
     ("//u:p@host", "//[redacted]@host"),
     ("http://host:8000/v1", "http://host:8000/v1"),
-    ("http://host/v1/a@b?c=d@e", "http://host/v1/a@b?c=d@e"),  # "@" past the host: no userinfo
+    ("http://host/v1/a@b?c=d@e", "http://host/v1/a@b?[redacted]"),  # "@" past the host
+    ("http://host/v1?api-key=tok12345#frag", "http://host/v1?[redacted]"),  # a key may travel
+    ("http://host/v1#frag", "http://host/v1?[redacted]"),
     ("", ""),
 ])
-def test_display_url_hides_the_userinfo_only(url, shown):
+def test_display_url_hides_the_userinfo_and_the_query(url, shown):
     assert display_url(url) == shown
 
 
@@ -46,6 +48,8 @@ def test_url_secrets_are_the_credentials_as_written_and_decoded():
     assert set(url_secrets("http://sk-key%2Fin-user@host/v1")) == {
         "sk-key%2Fin-user", "sk-key/in-user", "sk-key/in-user:"}  # a key as the user name
     assert url_secrets("http://host/v1") == url_secrets("http://host/a@b") == ()
+    # a key in the query (?api-key=...) is one too; short values (?v=1) are not
+    assert url_secrets("http://host/v1?api-key=tok123456&v=1") == ("tok123456",)
 
 
 @pytest.mark.parametrize("before", ["", ":", "u:", "alice:", "user:xy"])
