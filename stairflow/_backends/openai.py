@@ -258,8 +258,9 @@ class _Call:
             # the start of the bad data helps; keys out before it is cut short
             seen = (f" in {redact(exc.doc, self.secrets)[:60]!r}"
                     if isinstance(exc, json.JSONDecodeError) else "")
+            what = str(exc) if isinstance(exc, _BadData) else f"{type(exc).__name__}: {exc}"
             return self.fail(f"malformed data from the server {phase} "
-                             f"({self.server_text(f'{type(exc).__name__}: {exc}{seen}')}); "
+                             f"({self.server_text(f'{what}{seen}')}); "
                              "is this an OpenAI-compatible endpoint?", kind="malformed")
         return self.fail(f"failed {phase}: {self.server_text(f'{type(exc).__name__}: {exc}')}")
 
@@ -323,6 +324,10 @@ def split_tokens(text: str, limit: int, reported: int | None = None) -> tuple[li
         n = min(reported, limit, len(text))  # cut in as many pieces of about equal length
         units = [text[len(text) * i // n:len(text) * (i + 1) // n] for i in range(n)]
     return units, left
+
+
+class _BadData(ValueError):
+    """A chunk that does not fit the protocol; the message names what was wrong with it."""
 
 
 @dataclass
@@ -427,10 +432,10 @@ class _Stream:
             reason = choice.finish_reason
             text = (choice.delta.content if self._chat else choice.text) or ""
         except (AttributeError, TypeError, ValueError, IndexError, KeyError) as exc:
-            raise self._call.error(ValueError(f"{type(exc).__name__}: {exc}"),
+            raise self._call.error(_BadData(f"{type(exc).__name__}: {exc}"),
                                    "mid-answer") from None
         if not isinstance(text, str):
-            raise self._call.error(ValueError(f"text is {type(text).__name__}"), "mid-answer")
+            raise self._call.error(_BadData(f"text is {type(text).__name__}"), "mid-answer")
         if reason:
             self.finish_reason = self._finish(reason)
         if self._seam_ws and text:

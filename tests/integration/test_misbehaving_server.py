@@ -335,6 +335,20 @@ def test_malformed_sse_data_names_the_endpoint_and_model():
                          "OpenAI-compatible endpoint?")
 
 
+def test_a_usage_that_is_no_number_is_named_once():
+    def answer(ex: Exchange) -> None:
+        ex.sse()
+        ex.event({"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}],
+                  "usage": {"prompt_tokens": 3, "completion_tokens": "lots"}})
+        ex.done()
+
+    with fake_openai(answer) as fake:
+        out = ask(backend(fake.base_url))
+    assert out.error == (where(fake) + "malformed data from the server mid-answer "
+                         "(ValueError: invalid literal for int() with base 10: 'lots'); is this "
+                         "an OpenAI-compatible endpoint?")
+
+
 @pytest.mark.parametrize(("sent", "seen"), [("stop", "stop"), ("length", "length"),
                                             ("eos", "stop"), ("max_tokens", "length")])
 def test_normal_finish_reasons(sent: str, seen: str):
