@@ -38,8 +38,10 @@ __all__ = ["add_backend_options", "add_parser", "backend_choice", "banner", "pro
 _OPTIONS = ("base_url", "model", "api_key_env", "continuation", "prompt_format", "timeout_s")
 
 
-def add_backend_options(r: argparse.ArgumentParser) -> None:
-    """Where the graph's models run, and the simulated backend's what-ifs (run and bench)."""
+def add_backend_options(r: argparse.ArgumentParser, virtual_clock: bool = True) -> None:
+    """Where the graph's models run, and the simulated backend's what-ifs (run and bench).
+    Without ``virtual_clock`` the option is still parsed (for its clear error) but not
+    listed in the help."""
     r.add_argument("--backend", choices=list(CHOICES), default="auto",
                    help="auto (default): each node's endpoint, else --base-url, else the local "
                         "model; local: the embedded llama.cpp model for nodes without an "
@@ -60,7 +62,7 @@ def add_backend_options(r: argparse.ArgumentParser) -> None:
                    help="cap every llm node's answer at N tokens - the final answer too")
     r.add_argument("--virtual-clock", action="store_true",
                    help="run the simulated backend in virtual time: exact, no waiting "
-                        "(implies --backend sim)")
+                        "(implies --backend sim)" if virtual_clock else argparse.SUPPRESS)
     r.add_argument("--sim", action="append", default=[], metavar="[NODE.]KEY=VALUE",
                    help="what-if for the simulated backend (implies it), e.g. --sim "
                         "p3.decode_tps=10 or --sim latency_s=0.2; repeatable")

@@ -44,8 +44,9 @@ def add_parser(sub: Any) -> None:
     s = sub.add_parser(
         "serve", help="serve graphs as OpenAI-compatible chat models over HTTP",
         description="Serve each graph as a model named as the graph: POST /v1/chat/completions "
-                    "(streamed or not), GET /v1/models, GET /health. The llm nodes' models "
-                    "are found as for 'stairflow run'.")
+                    "(streamed or not), GET /v1/models, GET /health, and GET /metrics "
+                    "(Prometheus; loopback clients only unless --metrics-key-env). The llm "
+                    "nodes' models are found as for 'stairflow run'.")
     s.add_argument("graphs", nargs="*", metavar="GRAPH", help=GRAPH_HELP)
     s.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
@@ -85,7 +86,7 @@ def add_parser(sub: Any) -> None:
                         "(default 10)")
     s.add_argument("--log-prompts", action="store_true",
                    help="log each request's conversation and answer (off: never logged)")
-    add_backend_options(s)
+    add_backend_options(s, virtual_clock=False)  # clients wait in real time
     s.set_defaults(handler=_serve)
 
 
@@ -112,8 +113,10 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) ->
                           "3600")
     for flag, seconds in (("--body-timeout", args.body_timeout),
                           ("--send-timeout", args.send_timeout)):
-        if not 0 < seconds <= 3600:  # also false for nan
-            raise ConfigError(f"{flag} {seconds:g}: give seconds above 0, at most 3600")
+        # under a tenth of a second, a client reading normally is cut off (a scheduling hiccup)
+        if not MIN_TIMEOUT_S <= seconds <= 3600:  # also false for nan
+            raise ConfigError(f"{flag} {seconds:g}: give seconds from {MIN_TIMEOUT_S:g} to "
+                              "3600")
     limits = Limits(args.max_body_bytes, args.max_messages, args.max_answer_tokens,
                     args.max_concurrent, args.body_timeout, args.send_timeout,
                     args.max_unsent_bytes)
@@ -235,6 +238,7 @@ async def _serve_until_stopped(nursery: trio.Nursery, app: App, config: Any, shu
     await done.wait()
 
 
+MIN_TIMEOUT_S = 0.1
 EXIT_MARGIN_S = 2.0  # past the grace period (or the second signal), the process exits anyway
 
 
