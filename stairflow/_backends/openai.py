@@ -302,20 +302,26 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
     return value if 0 < value <= MAX_RETRY_AFTER_S else None
 
 
+# Scripts written without spaces between words (Chinese, Japanese kana, Thai) and Korean's
+# syllable blocks: a tokenizer gives about a token per character or two of them.
+_DENSE = "\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 # One estimated token of a streamed piece: a word with the whitespace before it (and, at the
-# piece's end, the whitespace after it), or a run of whitespace; each part bounded, so that no
-# estimated token is long however the server groups its text.
-_UNIT = re.compile(r"\s{0,64}\S{1,32}(?:\s{1,64}\Z)?|\s{1,64}")
+# piece's end, the whitespace after it), two characters of a dense script, or a run of
+# whitespace; each part bounded, so that no estimated token is long however the server groups
+# its text.
+_UNIT = re.compile(rf"\s{{0,64}}(?:[{_DENSE}]{{1,2}}|[^\s{_DENSE}]{{1,32}})(?:\s{{1,64}}\Z)?"
+                   r"|\s{1,64}")
 
 
 def split_tokens(text: str, limit: int, reported: int | None = None) -> tuple[list[str], bool]:
     """``text`` (one streamed piece) as tokens, at most ``limit`` of them; and whether text
     was left over past the limit. A server that sends a token per piece (vLLM, llama.cpp,
     OpenAI) gives one each; a piece of several words counts a token per word (and per 32
-    characters of a long one). ``reported``: the tokens the server says the piece holds
-    (its running ``usage.completion_tokens``, where it sends one with each piece): the piece
-    then counts as many, if that is more (never fewer: a server cannot pass more text by
-    claiming fewer tokens)."""
+    characters of a long one, and per two characters of Chinese, Japanese, Korean or Thai).
+    ``reported``: the tokens the server says the piece holds (its running
+    ``usage.completion_tokens``, where it sends one with each piece): the piece then counts
+    as many, if that is more (never fewer: a server cannot pass more text by claiming fewer
+    tokens)."""
     if len(text) <= 32 and (reported or 1) <= 1 and _UNIT.fullmatch(text):
         return [text], False  # the usual case: one token
     units = [m.group() for m in itertools.islice(_UNIT.finditer(text), limit)]

@@ -20,6 +20,9 @@ from stairflow._backends.openai import split_tokens
     ("one two.\n\nThree", ["one", " two.", "\n\nThree"]),
     ("x" * 70, ["x" * 32, "x" * 32, "x" * 6]),
     (" " * 100, [" " * 64, " " * 36]),
+    # scripts without spaces: a token per two characters (a tokenizer gives one or two)
+    ("你好", ["你好"]), ("你好吗", ["你好", "吗"]), (" 東京です。", [" 東京", "です", "。"]),
+    ("Hello世界 ok", ["Hello", "世界", " ok"]), ("สวัสดีครับ", ["สว", "ัส", "ดี", "คร", "ับ"]),
 ])
 def test_a_piece_counts_a_token_per_word(text, tokens):
     assert split_tokens(text, 1000) == (tokens, False)
@@ -31,6 +34,8 @@ def test_a_piece_past_the_limit_is_cut_there():
     assert len(units) == 200 and left and "".join(units) == " w" * 200
     units, left = split_tokens("x" * 10_000_000, 3)
     assert units == ["x" * 32] * 3 and left
+    units, left = split_tokens("中" * 3_000_000, 100)  # 9 MB of Chinese in one piece
+    assert units == ["中中"] * 100 and left
 
 
 def test_the_servers_own_count_applies_when_it_is_higher():
