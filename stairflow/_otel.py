@@ -53,6 +53,7 @@ from opentelemetry.trace import (
 )
 
 from ._backends.redact import redact
+from ._errors import BackendError
 from ._graph import FnNode, InputNode, LLMNode
 
 if TYPE_CHECKING:
@@ -341,10 +342,15 @@ class RunSpans:
 
 
 def _error_type(error: BaseException | None) -> str:
-    """``error.type``: the class of what went wrong (a node's error wraps it, as its cause,
-    unless the cause held a secret), e.g. ``ValueError``, ``openai.APITimeoutError``."""
+    """``error.type``: what went wrong, in a word. For a model endpoint's failure its kind
+    (``read_timeout``, ``http_5xx``, ``connect``...: the words of the serve metrics; the
+    backend raises its own error, without the client library's as its cause); otherwise the
+    class of the error a node's error wraps (as its cause, unless the cause held a secret),
+    e.g. ``ValueError``."""
     if error is None:
         return "_OTHER"
+    if isinstance(error, BackendError) and error.kind != "other":
+        return error.kind
     cause = error.__cause__ or error
     kind = type(cause)
     module = kind.__module__

@@ -303,6 +303,7 @@ def _drive(ray: Any, pool: _Pool, feed: Iterator[Job], file: ResultsFile, batch:
     flying: dict[int, int] = {}
 
     breaker = Breaker(batch.concurrency)
+    sent: dict[Any, float] = {}
 
     def chunk() -> list[Job]:
         if again:
@@ -312,7 +313,9 @@ def _drive(ray: Any, pool: _Pool, feed: Iterator[Job], file: ResultsFile, batch:
     while True:
         for i in list(pool.alive):
             while flying.get(i, 0) < depth and (part := chunk()):
-                pending[pool.alive[i].run.remote(part)] = (i, part)
+                ref = pool.alive[i].run.remote(part)
+                pending[ref] = (i, part)
+                sent[ref] = batch.clock()  # when its runs began, near enough (see Breaker)
                 flying[i] = flying.get(i, 0) + 1
                 batch.in_flight += len(part)
         if not pending:
@@ -322,6 +325,7 @@ def _drive(ray: Any, pool: _Pool, feed: Iterator[Job], file: ResultsFile, batch:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_S)
         for ref in ready:
             i, part = pending.pop(ref)
+            began = sent.pop(ref)
             flying[i] -= 1
             batch.in_flight -= len(part)
             try:
@@ -338,7 +342,7 @@ def _drive(ray: Any, pool: _Pool, feed: Iterator[Job], file: ResultsFile, batch:
                 raise
             for record in records:
                 batch.retried += record["attempts"] - 1
-                if not batch.write(file, record, breaker):
+                if not batch.write(file, record, breaker, began):
                     return
 
 

@@ -13,6 +13,7 @@ every connection (`Breaker`): its failures are not recorded, so that a rerun doe
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -105,12 +106,13 @@ class Batch:
         return ordered[(len(ordered) - 1) // 2]
 
     def write(self, file: ResultsFile, record: dict[str, Any],
-              breaker: Breaker | None = None) -> bool:
-        """Write a result (through ``breaker``, which may hold it back); False when the
-        breaker says the batch must stop (`stopped` says why)."""
+              breaker: Breaker | None = None, started: float = 0.0) -> bool:
+        """Write a result (through ``breaker``, which may hold it back; its run began at
+        ``started``); False when the breaker says the batch must stop (`stopped` says why)."""
         if self.stopped is not None:
             return False
-        records = [record] if breaker is None else breaker.take(record)
+        records = ([record] if breaker is None
+                   else breaker.take(record, started, self.clock()))
         if records is None:
             self.stopped = breaker.why() if breaker is not None else ""
             return False
@@ -245,30 +247,45 @@ def record_of(job: Job, graph: str, simulated: bool, attempts: int,
     return out
 
 
+UNREACHABLE = ("connect", "broken")  # error kinds of an endpoint that is down (or went down)
+
+
 class Breaker:
-    """Stops a batch whose endpoint refuses every connection, rather than recording each
-    prompt's failure after its retries, for hours. Results that could not connect
-    (``error_kind`` "connect") are held back; `REFUSED_IN_A_ROW` of them in a row (fewer for
-    a batch that runs fewer at once) stop the batch, unwritten, so that the same command
-    resumes once the server is up; any other result releases them to be written."""
+    """Stops a batch whose endpoint refuses every connection (or has gone down), rather than
+    recording each prompt's failure after its retries, for hours.
+
+    A result that could not reach its endpoint (``error_kind`` "connect", or "broken": the
+    connection broke mid-answer) is held back, unless an answer came after its run began (the
+    endpoint answers others: this prompt's failure is its own, and is written). Any other
+    result is an answer, and releases what was held to be written. `REFUSED_IN_A_ROW` held
+    (fewer for a batch that runs fewer at once) stop the batch, unwritten, so that the same
+    command resumes once the server is up. Times are the caller's clock's."""
 
     def __init__(self, concurrency: int) -> None:
         self.limit = max(3, min(REFUSED_IN_A_ROW, concurrency))
         self.held: list[dict[str, Any]] = []
+        self.last_answer = -math.inf  # when the endpoint last answered (any other result)
 
-    def take(self, record: dict[str, Any]) -> list[dict[str, Any]] | None:
-        """The records to write now; None when the batch must stop."""
-        if record.get("error_kind") == "connect":
+    def take(self, record: dict[str, Any], started: float,
+             now: float) -> list[dict[str, Any]] | None:
+        """The records to write now (``record``'s run began at ``started``, and ended
+        ``now``); None when the batch must stop."""
+        if record.get("error_kind") in UNREACHABLE:
+            if started < self.last_answer:
+                return [record]
             self.held.append(record)
             return None if len(self.held) >= self.limit else []
+        self.last_answer = now
         out, self.held = [*self.held, record], []
         return out
 
     def why(self) -> str:
         last = self.held[-1]
-        return (f"{len(self.held)} prompts in a row could not connect to their endpoint, "
-                f"after {last['attempts'] - 1} retries each ({last['error']}); they are not "
-                "recorded: once the server is up, run the same command again to resume")
+        tries = last["attempts"]
+        return (f"{len(self.held)} prompts in a row could not reach their endpoint (each run "
+                f"tried {tries} time{'s' if tries != 1 else ''}; the last: {last['error']}); "
+                "they are not recorded: once the server is up, run the same command again to "
+                "resume")
 
 
 def _round(t: float | None) -> float | None:
@@ -432,11 +449,12 @@ async def _drive(batch: Batch, frozen: Mapping[Mode, FrozenGraph], source: Promp
         async with recv:
             async for job in recv:
                 batch.in_flight += 1
+                started = trio.current_time()
                 try:
                     record = await run_one(frozen[job.mode], job, backend, retries, retried)
                 finally:
                     batch.in_flight -= 1
-                if not batch.write(file, record, breaker):
+                if not batch.write(file, record, breaker, started):
                     scope.cancel()
 
     async def feed(send: trio.MemorySendChannel[Job]) -> None:
@@ -451,7 +469,7 @@ async def _drive(batch: Batch, frozen: Mapping[Mode, FrozenGraph], source: Promp
             nursery.start_soon(feed, send)
             for _ in range(batch.concurrency):
                 nursery.start_soon(work, recv.clone())
-    if batch.stopped is None:  # the last ones could not connect, but fewer than the limit
+    if batch.stopped is None and not batch.interrupted:  # fewer than the limit, at the end
         for record in breaker.held:
             batch.write(file, record)
     batch.ended = trio.current_time()

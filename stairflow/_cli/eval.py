@@ -103,7 +103,11 @@ def _eval(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> 
         lc = report["length_controlled_win_rate"]
         print(_line(report["ours"], report["theirs"], w, lc, report["judged"]), file=out)
         print(f"report: {args.output}/report.md", file=err)
-    return 0
+    failed = report["judge_errors"] + report["answer_errors"]
+    if failed:  # as batch: a CI job must not count a half-judged evaluation as a pass
+        print(f"{report['judge_errors']} judge errors, {report['answer_errors']} answers "
+              "failed: run the same command again to ask those again", file=err)
+    return 1 if failed else 0
 
 
 def _line(ours: str, theirs: str, w: dict[str, Any], lc: dict[str, Any], n: int) -> str:

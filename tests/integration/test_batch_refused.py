@@ -31,8 +31,8 @@ def test_a_batch_on_a_refusing_endpoint_stops_unrecorded_then_resumes(tmp_path: 
         code, _, err = cli("batch", str(graph), str(prompts), "-o", str(out), "--base-url",
                            url, "--model", "m", "--retries", "0")
     assert code == 1
-    assert (f"stopped: 8 prompts in a row could not connect to their endpoint, after 0 "
-            f"retries each (node 'p' failed: {url} (model 'm'): cannot connect (after 2 "
+    assert (f"stopped: 8 prompts in a row could not reach their endpoint (each run tried 1 "
+            f"time; the last: node 'p' failed: {url} (model 'm'): cannot connect (after 2 "
             "retries); is the server running?); they are not recorded: once the server is "
             "up, run the same command again to resume") in err
     assert "0 done, 0 failed" in err and "50 left of 50" in err

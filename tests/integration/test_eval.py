@@ -35,7 +35,7 @@ def evaluate(tmp_path: Path, url: str, *extra: str) -> tuple[int, dict[str, Any]
                  str(tmp_path / "eval"), "--judge-base-url", url, "--judge-model", "m",
                  "--virtual-clock", "--max-tokens", "16", "--json", *extra],
                 out=out, err=err, stdin=io.StringIO())
-    return code, json.loads(out.getvalue()) if code == 0 else {}, err.getvalue()
+    return code, json.loads(out.getvalue()) if out.getvalue() else {}, err.getvalue()
 
 
 def test_a_judge_that_always_answers_a_gives_half_with_every_pair_inconsistent(tmp_path):
@@ -95,7 +95,8 @@ def test_judge_errors_are_counted_and_a_rerun_judges_them_and_nothing_else(tmp_p
 
     with fake_openai(refuse) as fake:
         code, report, err = evaluate(tmp_path, fake.base_url)
-    assert code == 0, err
+    assert code == 1, err  # not a pass: every ask failed
+    assert f"{N} judge errors, 0 answers failed: run the same command again" in err
     assert report["judge_errors"] == N and report["judged"] == 0
     assert report["win_rate"]["value"] is None
     with fake_openai(stream("[[C]]")) as fake:

@@ -94,3 +94,21 @@ def test_spans_of_a_run_on_an_openai_compatible_server(spans, monkeypatch):
         values = [span.name, str(span.status.description or ""), *map(str, attrs(span).values())]
         assert not any(KEY in v or "Explain tides" in v or "Be brief" in v or "moon" in v
                        for v in values)
+
+
+def test_an_endpoints_failure_is_named_by_its_kind_on_the_spans(spans):
+    g = sf.Graph("one")
+    g.connect(g.input("q"), g.llm("a", max_tokens=16))
+    g.connect("a", g.output("out"))
+    with fake_openai(lambda ex: ex.json(500, {"error": {"message": "down"}})) as fake:
+        backend = sf.OpenAIBackend(sf.Endpoint(fake.base_url, "m", max_retries=0),
+                                   remember_rates=False)
+        try:
+            with pytest.raises(sf.BackendError):
+                sf.run(g, "Explain tides.", backend=backend)
+        finally:
+            trio.run(backend.aclose)
+    named = {s.name: s for s in spans.get_finished_spans()}
+    # the kind serve's metrics use too, not the backend's own class for every failure
+    assert attrs(named["invoke_agent a"])["error.type"] == "http_5xx"
+    assert attrs(named["invoke_workflow one"])["error.type"] == "http_5xx"

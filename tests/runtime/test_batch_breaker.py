@@ -10,6 +10,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import trio
+import trio.testing
+
 import stairflow as sf
 
 FAST = {"latency_s": 0.5, "prefill_tps": 1024.0, "decode_tps": 8.0, "output_tokens": 6}
@@ -30,18 +33,19 @@ class Refusing:
     simulated = True
     name = "refusing simulated"
 
-    def __init__(self, word: str) -> None:
+    def __init__(self, word: str, kind: str = "connect", after_s: float = 0.0) -> None:
         self.inner = sf.SimBackend.for_graph(one())
-        self.word = word
+        self.word, self.kind, self.after_s = word, kind, after_s
         self.asked = 0
 
     @asynccontextmanager
     async def open_stream(self, request: sf.Request) -> AsyncIterator[Any]:
         self.asked += 1
         if self.word in request.all_text():
+            await trio.sleep(self.after_s)
             raise sf.BackendError(request.node, "http://127.0.0.1:9/v1 (model 'm'): cannot "
                                   "connect (after 2 retries); is the server running?",
-                                  transient=True, kind="connect")
+                                  transient=True, kind=self.kind)
         async with self.inner.open_stream(request) as stream:
             yield stream
 
@@ -56,15 +60,15 @@ def test_an_endpoint_refusing_every_connection_stops_the_batch_unrecorded(tmp_pa
     down = Refusing("")
     s = sf.run_batch(one(), prompts, out, backend=down, concurrency=4, retries=1,
                      virtual_clock=True)
-    assert s.stopped == ("4 prompts in a row could not connect to their endpoint, after 1 "
-                         "retries each (node 'p' failed: http://127.0.0.1:9/v1 (model 'm'): "
+    assert s.stopped == ("4 prompts in a row could not reach their endpoint (each run tried 2 "
+                         "times; the last: node 'p' failed: http://127.0.0.1:9/v1 (model 'm'): "
                          "cannot connect (after 2 retries); is the server running?); they are "
                          "not recorded: once the server is up, run the same command again to "
                          "resume")
     assert (s.done, s.failed, s.remaining) == (0, 0, 40)
     assert out.read_text() == ""  # nothing recorded: the rerun does them all
     assert down.asked < 4 * 2 + 4 * 2  # the first wave and not much more, not 40 x 2
-    assert "stopped: 4 prompts in a row" in s.describe()
+    assert "stopped: 4 prompts in a row could not reach" in s.describe()
     assert "interrupted" not in s.describe()
     # the server is up: the same call does every prompt
     s = sf.run_batch(one(), prompts, out, backend="sim", concurrency=4, virtual_clock=True)
@@ -102,3 +106,40 @@ def test_a_node_error_is_recorded_with_its_kind(tmp_path: Path):
     sf.run_batch(g, ["a"], tmp_path / "r.jsonl", virtual_clock=True)
     (row,) = lines(tmp_path / "r.jsonl")
     assert (row["error"], row["error_kind"]) == ("node 'f' failed: ValueError: no good", "node")
+
+
+def test_prompts_refused_while_others_are_answered_are_recorded_not_a_stop(tmp_path: Path):
+    # every fifth prompt is refused, for good; its retries make it end after the answers
+    # that came meanwhile, 8 refusals together: still failures among answers, not a dead
+    # endpoint (the batch used to stop there, again at every rerun)
+    out = tmp_path / "r.jsonl"
+    prompts = [f"{'down' if i % 5 == 0 else 'up'} {i}" for i in range(40)]
+    s = sf.run_batch(one(), prompts, out, backend=Refusing("down"), concurrency=64,
+                     retries=2, virtual_clock=True)
+    rows = lines(out)
+    assert s.stopped is None and (s.done, s.failed) == (40, 8) and len(rows) == 40
+    assert sorted(r["id"] for r in rows if r["error_kind"] == "connect") == list(range(1, 41, 5))
+
+
+def test_an_endpoint_gone_mid_answer_stops_the_batch_too(tmp_path: Path):
+    # "broken": the connection broke mid-answer, as a server dying does to the runs in flight
+    out = tmp_path / "r.jsonl"
+    s = sf.run_batch(one(), [f"q {i}" for i in range(20)], out, backend=Refusing("", "broken"),
+                     concurrency=4, retries=0, virtual_clock=True)
+    assert s.stopped is not None and s.stopped.startswith("4 prompts in a row could not reach")
+    assert out.read_text() == ""
+
+
+def test_a_cancelled_batch_leaves_the_held_refusals_unwritten(tmp_path: Path):
+    out = tmp_path / "r.jsonl"
+
+    async def main() -> None:
+        async with sf.open_batch(one(), [f"q {i}" for i in range(10)], out,
+                                 backend=Refusing("", after_s=1.0), concurrency=1,
+                                 retries=0) as batch:
+            await trio.sleep(2.5)  # two refusals held (a third would stop it)
+            batch.cancel()
+        assert batch.interrupted and batch.stopped is None
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert out.read_text() == ""  # a rerun does them
