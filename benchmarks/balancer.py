@@ -1,5 +1,5 @@
 """`stairflow serve` replicas behind nginx (deploy/nginx.conf): the TTFT nginx adds, and the
-throughput of one replica, of two replicas behind nginx, and of Hypercorn's own ``--workers 2``.
+throughput of one replica and of two replicas behind nginx.
 
     python benchmarks/balancer.py [--requests 50] [--seconds 15] [--clients 50,150]
 
@@ -14,11 +14,9 @@ simulated backend in real time (``--backend sim``: the paper-calibrated timing, 
   requests (``max_tokens`` 64, as benchmarks/serve_load.py does) for ``--seconds``: requests/s,
   TTFT p50/p99, errors, and the CPU time per request of the servers (the replicas' process
   groups and nginx's; nginx's alone too) and of the clients (this process). Against one
-  ``stairflow serve``; against two behind nginx; and against
-  ``hypercorn --workers 2 --worker-class trio`` serving the same app. ``stairflow serve`` has
-  no ``--workers`` of its own and stairflow no public ASGI app, so that last one is this
-  file's ``asgi_app``, built on the private ``stairflow._serve.app.App`` as ``serve`` builds
-  it (a measurement, not a supported way to serve).
+  ``stairflow serve``, and against two behind nginx. (Hypercorn's own ``--workers`` needs an
+  ASGI app to import, and stairflow has no public one; deploy/README.md says how it was
+  measured once.)
 
 Needs nginx (``apt-get install nginx``) and ``pip install 'stairflow[serve]'``.
 """
@@ -39,42 +37,13 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import AsyncExitStack, ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "deploy" / "nginx.conf"
 ASK = [{"role": "user", "content": "Why is the sky blue?"}]
-
-
-class _WorkersApp:
-    """The ASGI app of ``stairflow serve moa --backend sim --max-concurrent 1000`` for
-    Hypercorn's own workers: each worker process opens the backend when Hypercorn starts it
-    (the lifespan) and closes it when it stops."""
-
-    def __init__(self) -> None:
-        self.app: Any = None
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "lifespan":
-            await self.app(scope, receive, send)
-            return
-        import stairflow as sf
-        from stairflow._serve.app import App, Limits, Served
-
-        graph = sf.resolve_graph("moa")
-        async with AsyncExitStack() as stack:
-            await receive()  # lifespan.startup
-            backend = await stack.enter_async_context(sf.open_backend(graph, "sim"))
-            self.app = App({graph.name: Served(graph, backend)},
-                           limits=Limits(max_concurrent=1000))
-            await send({"type": "lifespan.startup.complete"})
-            await receive()  # lifespan.shutdown
-        await send({"type": "lifespan.shutdown.complete"})
-
-
-asgi_app = _WorkersApp()  # hypercorn benchmarks/balancer.py:asgi_app
 
 
 def _free_port() -> int:
@@ -129,7 +98,7 @@ def _process(cmd: list[str], health: str, what: str) -> Iterator[None]:
             with suppress(subprocess.TimeoutExpired):
                 proc.wait(30)
         with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # nginx's workers, hypercorn's
+            os.killpg(proc.pid, signal.SIGKILL)  # nginx's workers
         proc.wait(10)
         del GROUPS[proc.pid]
 
@@ -159,16 +128,6 @@ def _nginx(stack: ExitStack, replicas: list[str]) -> str:
     stack.enter_context(_process(
         [nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"],
         f"http://127.0.0.1:{port}/health", "nginx"))
-    return f"127.0.0.1:{port}"
-
-
-def _hypercorn_workers(stack: ExitStack, workers: int) -> str:
-    port = _free_port()
-    stack.enter_context(_process(
-        [sys.executable, "-m", "hypercorn", "--workers", str(workers), "--worker-class", "trio",
-         "--bind", f"127.0.0.1:{port}", "--backlog", "4096",
-         f"{Path(__file__).resolve()}:asgi_app"], f"http://127.0.0.1:{port}/health",
-        "hypercorn"))
     return f"127.0.0.1:{port}"
 
 
@@ -228,7 +187,6 @@ def throughput_rows(levels: list[int], seconds: float) -> list[str]:
         "one `stairflow serve`": lambda stack: _replica(stack),
         "two replicas behind nginx": lambda stack: _nginx(stack, [_replica(stack),
                                                                    _replica(stack)]),
-        "`hypercorn --workers 2 --worker-class trio`": lambda stack: _hypercorn_workers(stack, 2),
     }
     rows = ["| server | concurrent clients | requests | requests/s | TTFT p50 | TTFT p99 "
             "| errors | CPU per request: server | of it nginx | client |",
