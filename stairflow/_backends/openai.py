@@ -53,6 +53,7 @@ from typing import Any, Literal, TypeVar
 import openai
 import trio
 
+from .._cachedir import cache_dir
 from .._core.policy import Rates
 from .._errors import BackendError, ConfigError
 from .._graph import CONTINUATIONS, PROMPT_FORMATS, Continuation
@@ -79,8 +80,7 @@ ErrorListener = Callable[[str, str], None]  # (base URL, kind of failure)
 
 def rates_file() -> Path:
     """Where measured rates are remembered across runs."""
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "stairflow" / "rates.json"
+    return cache_dir() / "rates.json"
 
 
 DEFAULT_TIMEOUT_S = 300.0  # one request, sent to last token: a long answer on a slow server

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .._cachedir import cache_dir
 from .._errors import ConfigError, StairflowError
 from .._prompts import Message
 from .base import Request
@@ -81,11 +82,8 @@ async def probe_slots(base_url: str, model: str, api_key_env: str | None = None)
 
 
 def state_file() -> Path:
-    """The note of `stairflow local start`: in $XDG_CACHE_HOME/stairflow when that is an
-    absolute path (the XDG spec ignores others), else in ~/.cache/stairflow."""
-    base = os.environ.get("XDG_CACHE_HOME", "")
-    root = Path(base) if os.path.isabs(base) else Path.home() / ".cache"
-    return root / "stairflow" / "server.json"
+    """The note of `stairflow local start`, in stairflow's cache directory (`cache_dir`)."""
+    return cache_dir() / "server.json"
 
 
 def state_dir() -> Path:

@@ -34,12 +34,10 @@ TOTAL_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 
 
 
 def endpoint_label(base_url: str) -> str:
-    """An upstream's base URL fit for a label: no ``user:KEY@``, no query, no fragment
-    (where a key may also travel: ``?api-key=...``)."""
-    shown = display_url(base_url)
-    for mark in "?#":
-        shown = shown.split(mark, 1)[0]
-    return shown
+    """An upstream's base URL fit for a label: as `display_url` shows it (no ``user:KEY@``;
+    a query or fragment, where a key may also travel, is ``?[redacted]``), without that
+    mark."""
+    return display_url(base_url).split("?", 1)[0]
 
 
 class Metrics:

@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from stairflow._backends.openai import rates_file
 from stairflow._backends.probe import state_file
 from tests.cli.test_cli import cli
 
@@ -103,3 +104,4 @@ def test_an_empty_or_relative_cache_home_is_ignored_as_the_xdg_spec_says(tmp_pat
     monkeypatch.setenv("XDG_CACHE_HOME", value)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert state_file() == tmp_path / ".cache" / "stairflow" / "server.json"
+    assert rates_file() == tmp_path / ".cache" / "stairflow" / "rates.json"  # the same rule
